@@ -1,0 +1,43 @@
+"""prunemix: gradual magnitude pruning as a first-class part of Keras 3.
+
+Declare prunable weights on your own layers (`PrunableMixin`, `@prunable`),
+pick a schedule (`ConstantSparsity`, `PolynomialDecay`), train a
+`PrunedModel` with `fit()` or your own `train_step`, then `strip_pruning`
+and ship.
+"""
+
+from prunemix._version import __version__
+from prunemix.export import (
+    SparsityReport,
+    WeightSparsity,
+    compressed_size,
+    sparsity_report,
+    strip_pruning,
+)
+from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
+from prunemix.model import PrunedModel
+from prunemix.prunable import PrunableMixin, prunable, prunable_weights_of
+from prunemix.pruner import PrunedWeight, Pruner, find_prunable_weights
+from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+
+__all__ = [
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PrunableMixin",
+    "PrunedModel",
+    "PrunedWeight",
+    "Pruner",
+    "PruningSchedule",
+    "SparsityReport",
+    "WeightSparsity",
+    "__version__",
+    "compressed_size",
+    "find_prunable_weights",
+    "lowest_k_mask",
+    "magnitude_mask",
+    "prunable",
+    "prunable_weights_of",
+    "pruned_count",
+    "sparsity_report",
+    "strip_pruning",
+]

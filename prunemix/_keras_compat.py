@@ -1,0 +1,49 @@
+"""The one place prunemix touches private Keras API (checked on Keras 3.15).
+
+Keep this module small: each helper names the private attribute it relies on.
+"""
+
+from __future__ import annotations
+
+
+def nested_layers(model) -> list:
+    """All layers below `model`, depth first, each once.
+
+    Uses `Layer._flatten_layers` (Keras 3), which follows every tracked
+    attribute: sublayers, nested models, and lists/dicts of layers.
+    """
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def attach_after_build(layer, name: str, value) -> None:
+    """`setattr(layer, name, value)` even after `layer` is built.
+
+    Keras 3 locks a layer's tracker (`Layer._tracker`) once built; a pruner
+    attached later must still be tracked so its variables are saved.
+    """
+    tracker = getattr(layer, "_tracker", None)
+    locked = bool(tracker is not None and tracker.locked)
+    if locked:
+        tracker.unlock()
+    try:
+        setattr(layer, name, value)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def functional_class():
+    """`keras.src.models.functional.Functional` (not exported by Keras 3)."""
+    from keras.src.models.functional import Functional
+
+    return Functional
+
+
+def is_functional_call(args, kwargs) -> bool:
+    """Whether constructor arguments are functional-API `(inputs, outputs)`."""
+    from keras.src.models.model import functional_init_arguments
+
+    return bool(functional_init_arguments(args, kwargs))
+
+
+__all__ = ["attach_after_build", "functional_class", "is_functional_call", "nested_layers"]

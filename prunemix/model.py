@@ -1,0 +1,206 @@
+"""`PrunedModel`: a `keras.Model` that prunes inside its own train step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from prunemix import _keras_compat, schedules
+from prunemix.pruner import Pruner
+
+__all__ = ["PrunedModel"]
+
+Functional = _keras_compat.functional_class()
+
+
+class PrunedModel(keras.Model):
+    """A `keras.Model` whose training steps prune its weights.
+
+    Subclass it like `keras.Model` (layers in `__init__`, `call`), or build
+    it the functional way with `PrunedModel(inputs, outputs,
+    pruning_schedule=...)`. Every prunable weight is found at any depth:
+    built-in Dense/Conv/Embedding/RNN/MultiHeadAttention kernels and custom
+    layers declared with `PrunableMixin`, `@prunable` or
+    `get_prunable_weights()`.
+
+    `fit()` runs the pruning inside the compiled train step (no callback):
+    after each optimizer update it advances the pruning step, recomputes the
+    masks when the schedule says so, and sets pruned weights to exactly zero.
+    The logs and progress bar show `sparsity`. `evaluate()` and `predict()`
+    run the plain model: the weights already hold the zeros.
+
+    If you override `train_step`, call `self.apply_pruning()` once after your
+    optimizer update(s).
+
+    Args:
+        *args: `keras.Model` arguments (`inputs, outputs` for functional).
+        pruning_schedule: a `ConstantSparsity`, `PolynomialDecay`, or any
+            traceable callable `step -> sparsity`. Required.
+        **kwargs: `keras.Model` keyword arguments (`name`, ...).
+
+    Raises:
+        ValueError: at build time, if the model has no prunable weights.
+        TypeError: if `pruning_schedule` is missing or not a schedule.
+
+    Example:
+
+    ```python
+    class Net(prunemix.PrunedModel):
+        def __init__(self, **kwargs):
+            super().__init__(
+                pruning_schedule=prunemix.PolynomialDecay(0.0, 0.9, 0, 1000),
+                **kwargs,
+            )
+            self.hidden = keras.layers.Dense(64, activation="relu")
+            self.out = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=5)   # logs show `sparsity`
+    ```
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is PrunedModel and _keras_compat.is_functional_call(args, kwargs):
+            return FunctionalPrunedModel.__new__(FunctionalPrunedModel, *args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, pruning_schedule: Any = None, **kwargs):
+        functional = isinstance(self, Functional)
+        if _keras_compat.is_functional_call(args, kwargs) and not functional:
+            raise TypeError(
+                f"{type(self).__name__} is a subclass of PrunedModel; build "
+                "functional models with `prunemix.PrunedModel(inputs, outputs, "
+                "pruning_schedule=...)` itself."
+            )
+        super().__init__(*args, **kwargs)
+        if pruning_schedule is None and not functional:
+            raise TypeError(
+                f"{type(self).__name__} needs `pruning_schedule=`, e.g. "
+                "`prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)`."
+            )
+        self._pruning_schedule = (
+            None if pruning_schedule is None else schedules.get(pruning_schedule)
+        )
+        self._pruner = None
+        self._prunemix_stripped = False
+
+    @property
+    def pruning_schedule(self):
+        """The schedule this model prunes with."""
+        return self._pruning_schedule
+
+    @property
+    def pruner(self):
+        """The `Pruner` holding masks and step; `None` until the model is built."""
+        return self._pruner
+
+    def build_pruning(self) -> Pruner:
+        """Creates the masks for the built model (done automatically).
+
+        Runs on the model's first call, at `fit`/`train_on_batch`, on loading,
+        and on the first `apply_pruning()`. Variables are created outside any
+        `tf.function` being traced.
+
+        Returns:
+            The model's `Pruner`.
+
+        Raises:
+            ValueError: if the model is not built or has no prunable weights.
+        """
+        if self._prunemix_stripped:
+            raise ValueError(
+                f"Model '{self.name}' was stripped of its pruning state "
+                "(`prunemix.strip_pruning`); it no longer prunes."
+            )
+        if self._pruner is None:
+            with tf.init_scope():
+                pruner = Pruner(self._pruning_schedule, name="pruner")
+                pruner.track(self)
+                _keras_compat.attach_after_build(self, "_pruner", pruner)
+        return self._pruner
+
+    def apply_pruning(self):
+        """One pruning step; call it once after each optimizer update.
+
+        Advances the pruning step, recomputes the masks when the schedule is
+        due, and sets every pruned weight to exactly zero. Traceable: use it
+        inside your own `train_step` or `tf.function` training loop.
+
+        Returns:
+            Overall sparsity of the pruned weights (float32 scalar tensor),
+            ready to put in your logs as `"sparsity"`.
+
+        Example:
+
+        ```python
+        def train_step(self, data):
+            ...  # forward, gradients, optimizer.apply(...)
+            sparsity = self.apply_pruning()
+            return {"loss": loss, "sparsity": sparsity}
+        ```
+        """
+        return self.build_pruning().apply()
+
+    def __call__(self, *args, **kwargs):
+        outputs = super().__call__(*args, **kwargs)
+        if self._pruner is None and self.built and not self._prunemix_stripped:
+            self.build_pruning()
+        return outputs
+
+    def build_from_config(self, config):
+        super().build_from_config(config)
+        # Keras builds a subclassed model's layers here without always
+        # marking the model built; the masks must exist before weights load.
+        if config and not self._prunemix_stripped:
+            self.build_pruning()
+
+    def make_train_function(self, force=False):
+        # Without a distribution strategy Keras builds the model lazily, in
+        # the first trace of the train step; the pruner follows from
+        # `__call__` there (its variables are lifted out with `init_scope`).
+        if self.built and not self._prunemix_stripped:
+            with self.distribute_strategy.scope():
+                self.build_pruning()
+        return super().make_train_function(force=force)
+
+    def train_step(self, *args, **kwargs):
+        logs = super().train_step(*args, **kwargs)
+        if self._prunemix_stripped:
+            return logs
+        sparsity = self.apply_pruning()
+        return {**logs, "sparsity": sparsity}
+
+
+@keras.saving.register_keras_serializable(package="prunemix", name="FunctionalPrunedModel")
+class FunctionalPrunedModel(Functional, PrunedModel):
+    """`PrunedModel(inputs, outputs, ...)`: a Functional model that prunes.
+
+    A separate class so Keras never rewrites `PrunedModel`'s bases (Keras 3
+    injects `Functional` into the class hierarchy of Model subclasses used
+    the functional way, which would break every subclassed `PrunedModel`).
+    """
+
+    def __init__(self, *args, pruning_schedule: Any = None, **kwargs):
+        if pruning_schedule is None:
+            raise TypeError(
+                "PrunedModel(inputs, outputs) needs `pruning_schedule=`, e.g. "
+                "`prunemix.ConstantSparsity(0.8)`."
+            )
+        schedule = schedules.get(pruning_schedule)
+        Functional.__init__(self, *args, **kwargs)
+        self._pruning_schedule = schedule
+        self.build_pruning()
+
+    def get_config(self) -> dict:
+        return {
+            **Functional.get_config(self),
+            "pruning_schedule": keras.saving.serialize_keras_object(
+                self._pruning_schedule
+            ),
+        }

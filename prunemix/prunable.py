@@ -1,0 +1,269 @@
+"""How layers declare which of their weights may be pruned.
+
+A layer is prunable when it has a `get_prunable_weights()` method returning a
+list of its variables (tfmot's `PrunableLayer` protocol). Three ways to get
+there:
+
+- built-in Keras layers need nothing (see `prunable_weights_of`);
+- mix `PrunableMixin` into a layer class and list attribute names in
+  `prunable_weights`, or override `get_prunable_weights()`;
+- decorate a layer class with `@prunable("kernel", ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import wrapt
+
+__all__ = ["PrunableMixin", "prunable", "prunable_weights_of"]
+
+_DECLARED = "_prunemix_declared"
+
+
+def _layer_label(layer) -> str:
+    return f"layer '{layer.name}' ({type(layer).__name__})"
+
+
+def _resolve(layer, name: str):
+    """The variable a declared name refers to (dotted names reach sublayers)."""
+    obj = layer
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            weights = sorted({w.path.split("/")[-1] for w in layer.weights})
+            raise ValueError(
+                f"{_layer_label(layer)} declares prunable weight '{name}', but it "
+                f"has no attribute '{part}'"
+                + ("" if layer.built else " (the layer is not built yet)")
+                + f". Its weights: {weights}"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_weight(layer, name: str, value) -> keras.Variable:
+    if not isinstance(value, keras.Variable):
+        raise ValueError(
+            f"{_layer_label(layer)} declares prunable weight '{name}', but "
+            f"`{name}` is a {type(value).__name__}, not a weight (keras.Variable)."
+        )
+    if not keras.backend.is_float_dtype(value.dtype):
+        raise ValueError(
+            f"{_layer_label(layer)}: prunable weight '{name}' has dtype "
+            f"{value.dtype}; only float weights can be pruned."
+        )
+    return value
+
+
+class PrunableMixin:
+    """Mixin that makes a custom Keras layer prunable, with no wrapper layer.
+
+    List the attribute names of the weights to prune in the class attribute
+    `prunable_weights`, or override `get_prunable_weights()`. Weights that are
+    not declared (biases, norms, anything else) are never touched. The names
+    are checked right after the layer's `build()`: a name that is not a float
+    weight of the layer raises `ValueError` naming the layer and the weight.
+
+    The mixin adds no constructor arguments and no `get_config`, so Keras
+    serialization of the layer is unchanged.
+
+    Example:
+
+    ```python
+    class Gated(prunemix.PrunableMixin, keras.layers.Layer):
+        prunable_weights = ("kernel", "gate")
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], 8))
+            self.gate = self.add_weight(shape=(input_shape[-1], 8))
+            self.bias = self.add_weight(shape=(8,), initializer="zeros")
+
+        def call(self, x):
+            return (x @ self.kernel) * keras.ops.sigmoid(x @ self.gate) + self.bias
+    ```
+    """
+
+    prunable_weights: Sequence[str] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        names = cls.__dict__.get("prunable_weights")
+        if names is not None:
+            cls.prunable_weights = _check_names(names, cls)
+        if "build" in cls.__dict__:
+            cls.build = _validate_after_build(cls.__dict__["build"])
+
+    def get_prunable_weights(self) -> list:
+        """The variables of this layer to prune, from `prunable_weights`.
+
+        Returns:
+            A list of `keras.Variable`.
+
+        Raises:
+            ValueError: if a declared name is not a float weight of the layer.
+        """
+        return [
+            _check_weight(self, name, _resolve(self, name))
+            for name in type(self).prunable_weights
+        ]
+
+
+def _check_names(names: Any, where) -> tuple:
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"Prunable weight names must be non-empty strings (attribute "
+                f"names such as 'kernel'). Received: {name!r} in {where}"
+            )
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"Prunable weight names repeat {duplicates} in {where}.")
+    return names
+
+
+@wrapt.decorator
+def _validate_after_build(wrapped, instance, args, kwargs):
+    result = wrapped(*args, **kwargs)
+    # Only the outermost build of the instance's own class validates, so a
+    # subclass that calls super().build() is checked once, when complete.
+    outermost = getattr(type(instance).build, "__wrapped__", None)
+    if getattr(wrapped, "__func__", wrapped) is outermost:
+        instance.get_prunable_weights()
+    return result
+
+
+def prunable(*weight_names: str) -> Callable[[type], type]:
+    """Class decorator: declares which weights of a Keras layer class to prune.
+
+    The same as mixing in `PrunableMixin` with `prunable_weights =
+    weight_names`, without editing the class body. The decorated class is
+    the same class object (not a proxy): `isinstance`, `super()`,
+    subclassing, `get_config`/`from_config`, `.keras` saving and pickling
+    behave as before. Its `build` is wrapped (with `wrapt`, which keeps the
+    signature Keras inspects) to check the names once the layer is built.
+
+    Args:
+        *weight_names: attribute names of the weights, e.g. `"kernel"`; a
+            dotted name such as `"proj.kernel"` reaches into a sublayer.
+
+    Returns:
+        A decorator that returns the class it is given.
+
+    Raises:
+        TypeError: if no names are given, or the decorated object is not a
+            `keras.layers.Layer` subclass.
+        ValueError: if names repeat, the class is decorated twice, or it
+            already defines its own `get_prunable_weights`.
+
+    Example:
+
+    ```python
+    @prunemix.prunable("kernel")
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1],))
+
+        def call(self, x):
+            return x * self.kernel
+    ```
+    """
+    if len(weight_names) == 1 and isinstance(weight_names[0], type):
+        raise TypeError(
+            "`@prunable` needs the names of the weights to prune, e.g. "
+            f"`@prunable('kernel')` on {weight_names[0].__name__}."
+        )
+    if not weight_names:
+        raise TypeError("`@prunable()` needs at least one weight name, e.g. 'kernel'.")
+    names = _check_names(weight_names, "@prunable(...)")
+
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+            raise TypeError(
+                "`@prunable` decorates subclasses of `keras.layers.Layer`. "
+                f"Received: {cls!r}"
+            )
+        if cls.__dict__.get(_DECLARED) or "prunable_weights" in cls.__dict__:
+            raise ValueError(
+                f"{cls.__name__} already declares its prunable weights; "
+                "decorate it once (or use either the decorator or the mixin)."
+            )
+        own = cls.__dict__.get("get_prunable_weights")
+        if own is not None:
+            raise ValueError(
+                f"{cls.__name__} defines its own `get_prunable_weights()`; it is "
+                "prunable already, `@prunable` would override it."
+            )
+        cls.prunable_weights = names
+        if not issubclass(cls, PrunableMixin):
+            cls.get_prunable_weights = PrunableMixin.get_prunable_weights
+        setattr(cls, _DECLARED, True)
+        # A default (inherited Layer) build is left alone: Keras treats it
+        # specially, and the names are then checked when a model collects them.
+        if not getattr(cls.build, "_is_default", False):
+            cls.build = _validate_after_build(cls.build)
+        return cls
+
+    return decorate
+
+
+def _builtin_registry() -> list:
+    layers = keras.layers
+    return [
+        ((layers.Dense, layers.EinsumDense), ("kernel",)),
+        ((layers.SeparableConv1D, layers.SeparableConv2D),
+         ("depthwise_kernel", "pointwise_kernel")),
+        ((layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Conv1DTranspose,
+          layers.Conv2DTranspose, layers.Conv3DTranspose,
+          layers.DepthwiseConv1D, layers.DepthwiseConv2D), ("kernel",)),
+        ((layers.Embedding,), ("embeddings",)),
+        ((layers.SimpleRNNCell, layers.LSTMCell, layers.GRUCell),
+         ("kernel", "recurrent_kernel")),
+    ]
+
+
+_REGISTRY = _builtin_registry()
+
+
+def _builtin_variable(layer, name: str):
+    # Keras 3 exposes some kernels as properties that may compute a tensor
+    # (LoRA, quantization); the variable itself lives under a leading "_".
+    value = getattr(layer, "_" + name, None)
+    if isinstance(value, keras.Variable):
+        return value
+    return getattr(layer, name)
+
+
+def prunable_weights_of(layer) -> list:
+    """The weights of `layer` itself that pruning may touch.
+
+    Args:
+        layer: any Keras layer.
+
+    Returns:
+        `layer.get_prunable_weights()` if the layer has that method;
+        the kernels of a built-in Keras layer (Dense, EinsumDense, Conv*,
+        Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding, RNN cells);
+        otherwise `[]`. Sublayers are not included: a model walks them
+        separately (MultiHeadAttention and LSTM prune through their
+        EinsumDense projections and cells).
+
+    Raises:
+        ValueError: if a declared weight is missing or not a float variable.
+    """
+    if hasattr(layer, "get_prunable_weights"):
+        weights = list(layer.get_prunable_weights())
+        for i, weight in enumerate(weights):
+            _check_weight(layer, f"get_prunable_weights()[{i}]", weight)
+        return weights
+    for classes, names in _REGISTRY:
+        if isinstance(layer, classes):
+            return [
+                _check_weight(layer, name, _builtin_variable(layer, name))
+                for name in names
+            ]
+    return []

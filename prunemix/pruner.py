@@ -1,0 +1,196 @@
+"""The pruner: mask state for every prunable weight of a model, and the math.
+
+`PrunedModel` owns one; research code with its own loop can use one directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from prunemix import _keras_compat, masks, schedules
+from prunemix.prunable import prunable_weights_of
+
+__all__ = ["Pruner", "PrunedWeight"]
+
+
+class PrunedWeight:
+    """One pruned weight: its layer, the variable, its bool mask and a path."""
+
+    __slots__ = ("layer", "weight", "mask", "path")
+
+    def __init__(self, layer, weight, mask, path: str):
+        self.layer, self.weight, self.mask, self.path = layer, weight, mask, path
+
+    def __repr__(self) -> str:
+        return f"PrunedWeight({self.path!r}, shape={tuple(self.weight.shape)})"
+
+
+def find_prunable_weights(model) -> list:
+    """`(layer, variable)` pairs for every prunable weight below `model`.
+
+    Layers are found at any depth (sublayers, nested models, lists and dicts
+    of layers); a variable reached twice (shared layers, a tfmot-style layer
+    listing a sublayer's kernel) appears once.
+    """
+    found, seen = [], set()
+    for layer in _keras_compat.nested_layers(model):
+        for weight in prunable_weights_of(layer):
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                found.append((layer, weight))
+    return found
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class Pruner(keras.layers.Layer):
+    """Holds the masks, the pruning step and the schedule of one model.
+
+    State (all non-trainable, saved with the model):
+    - one `bool` mask per pruned weight (1 byte per weight);
+    - `pruning_step` (int64): how many times `apply()` ran, i.e. optimizer
+      updates seen;
+    - `sparsity` (float32): fraction of pruned entries over all pruned
+      weights after the last mask update.
+
+    It is a layer only so Keras tracks and saves its variables; it is never
+    called on data, so `predict` and `evaluate` pay nothing.
+
+    Args:
+        pruning_schedule: a `prunemix` schedule or a callable
+            `step -> sparsity`.
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
+
+    Example:
+
+    ```python
+    pruner = prunemix.Pruner(prunemix.ConstantSparsity(0.8, frequency=10))
+    pruner.track(model)          # model must be built
+    for x, y in dataset:
+        train_step(x, y)         # your own optimizer step
+        pruner.apply()           # update masks when due, zero pruned weights
+    ```
+    """
+
+    def __init__(self, pruning_schedule: Any, **kwargs):
+        super().__init__(**kwargs)
+        self.pruning_schedule = schedules.get(pruning_schedule)
+        self.pruned_weights = []
+
+    def track(self, model) -> Pruner:
+        """Creates a mask for every prunable weight of `model` (built).
+
+        Args:
+            model: a built Keras layer or model.
+
+        Returns:
+            `self`.
+
+        Raises:
+            ValueError: if `model` is not built, has no prunable weights, or a
+                layer declares a weight that is missing or not a float.
+        """
+        if self.built:
+            raise ValueError(f"Pruner '{self.name}' already tracks a model.")
+        pairs = find_prunable_weights(model)
+        if not pairs and not model.built:
+            raise ValueError(
+                f"Model '{model.name}' is not built yet; call it on data or "
+                "`build()` it before tracking its weights."
+            )
+        if not pairs:
+            raise ValueError(
+                f"Model '{model.name}' has no prunable weights. Built-in layers "
+                "(Dense, Conv*, Embedding, RNN cells, MultiHeadAttention, ...) are "
+                "found at any depth; custom layers declare theirs with "
+                "`PrunableMixin`, `@prunable(...)` or `get_prunable_weights()`."
+            )
+        for layer, weight in pairs:
+            mask = self.add_weight(
+                name=f"{weight.name}_mask",
+                shape=weight.shape,
+                dtype="bool",
+                initializer="ones",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            self.pruned_weights.append(PrunedWeight(layer, weight, mask, weight.path))
+        self.pruning_step = self.add_weight(
+            name="pruning_step", shape=(), dtype="int64", initializer="zeros",
+            trainable=False, aggregation="only_first_replica",
+        )
+        self.sparsity = self.add_weight(
+            name="sparsity", shape=(), dtype="float32", initializer="zeros",
+            trainable=False, aggregation="only_first_replica",
+        )
+        self.built = True
+        return self
+
+    def _check_built(self):
+        if not self.built:
+            raise ValueError(
+                f"Pruner '{self.name}' tracks no model yet; call `track(model)` first."
+            )
+
+    def update_masks(self, step=None):
+        """Recomputes every mask for the schedule's sparsity at `step`.
+
+        Args:
+            step: pruning step; defaults to the current `pruning_step`.
+
+        Returns:
+            The new overall sparsity (float32 scalar tensor).
+        """
+        self._check_built()
+        if step is None:
+            step = self.pruning_step
+        target = self.pruning_schedule(ops.convert_to_tensor(step))
+        pruned = ops.convert_to_tensor(0.0, dtype="float64")
+        total = 0
+        for pruned_weight in self.pruned_weights:
+            size = math.prod(pruned_weight.weight.shape)
+            count = masks.pruned_count(target, size)
+            pruned_weight.mask.assign(masks.lowest_k_mask(pruned_weight.weight, count))
+            pruned = pruned + ops.cast(count, "float64")
+            total += size
+        self.sparsity.assign(ops.cast(pruned / total, "float32"))
+        return ops.convert_to_tensor(self.sparsity)
+
+    def apply_masks(self) -> None:
+        """Sets every pruned entry of every tracked weight to exactly zero."""
+        self._check_built()
+        for pruned_weight in self.pruned_weights:
+            weight = pruned_weight.weight
+            weight.assign(ops.where(pruned_weight.mask, weight, ops.zeros_like(weight)))
+
+    def apply(self):
+        """One pruning step: advance the step, update masks when due, mask.
+
+        Call it once after each optimizer update. Traceable: it runs inside
+        `tf.function`, XLA and `fit()`'s train step, with `ops.cond` deciding
+        whether the masks are due.
+
+        Returns:
+            The overall sparsity after this step (float32 scalar tensor).
+        """
+        self._check_built()
+        self.pruning_step.assign_add(1)
+        step = ops.convert_to_tensor(self.pruning_step)
+        sparsity = ops.cond(
+            self.pruning_schedule.should_prune(step),
+            lambda: self.update_masks(step),
+            lambda: ops.convert_to_tensor(self.sparsity),
+        )
+        self.apply_masks()
+        return sparsity
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "pruning_schedule": keras.saving.serialize_keras_object(
+                self.pruning_schedule
+            ),
+        }

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunemix import masks
+
+
+def check_exact_mask(weights, sparsity, mask):
+    flat_w, flat_m = np.abs(weights).ravel(), np.asarray(mask).ravel()
+    k = round(sparsity * flat_w.size)
+    assert (~flat_m).sum() == k
+    if 0 < k < flat_w.size:
+        # Every pruned magnitude is <= every kept one.
+        assert flat_w[~flat_m].max() <= flat_w[flat_m].min()
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (5, 3), (3, 3, 4, 8), (1000,)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.875, 0.95, 0.999])
+def test_exact_zero_count(shape, sparsity):
+    weights = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    check_exact_mask(weights, sparsity, masks.magnitude_mask(weights, sparsity))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(-4, 4, width=32, allow_subnormal=False), min_size=1, max_size=64
+    ),
+    sparsity=st.floats(0, 0.999),
+)
+def test_exact_zero_count_with_any_ties(values, sparsity):
+    weights = np.array(values, dtype="float32")
+    mask = masks.magnitude_mask(weights, sparsity).numpy()
+    check_exact_mask(weights, sparsity, mask)
+
+
+def test_ties_are_pruned_in_flat_order():
+    weights = np.array([0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 2.0, 0.5], dtype="float32")
+    # 5 zeros: the three 0.0 entries, then the first two 0.5 entries.
+    mask = masks.magnitude_mask(weights, 5 / 8).numpy()
+    assert mask.tolist() == [False, False, False, False, True, False, True, True]
+
+
+def test_already_zero_weights_count_towards_the_target():
+    weights = np.zeros(10, "float32")
+    weights[:3] = [3.0, -2.0, 1.0]
+    assert (~masks.magnitude_mask(weights, 0.8).numpy()).sum() == 8
+
+
+def test_pruned_count_rounds_like_python():
+    for size in range(1, 60):
+        for sparsity in np.linspace(0, 0.99, 100):
+            assert int(masks.pruned_count(float(sparsity), size)) == round(sparsity * size)
+
+
+def test_nan_counts_as_largest():
+    weights = np.array([np.nan, 0.1, 0.2, 0.3], dtype="float32")
+    assert masks.magnitude_mask(weights, 0.75).numpy().tolist() == [True, False, False, False]
+
+
+def test_float16_and_float64_weights():
+    for dtype in ("float16", "float64"):
+        weights = np.random.default_rng(2).standard_normal((8, 8)).astype(dtype)
+        check_exact_mask(weights, 0.6, masks.magnitude_mask(weights, 0.6))
+
+
+def test_same_mask_inside_graph_and_xla():
+    weights = tf.constant(np.random.default_rng(3).standard_normal((64, 33)), tf.float32)
+    eager = masks.magnitude_mask(weights, 0.7)
+    for jit in (False, True):
+        traced = tf.function(masks.magnitude_mask, jit_compile=jit)(weights, tf.constant(0.7))
+        np.testing.assert_array_equal(traced.numpy(), eager.numpy())
+
+
+def test_matches_a_full_sort():
+    weights = np.random.default_rng(4).standard_normal(5000).astype("float32")
+    order = np.argsort(np.abs(weights), kind="stable")
+    want = np.ones(5000, bool)
+    want[order[: round(0.83 * 5000)]] = False
+    np.testing.assert_array_equal(masks.magnitude_mask(weights, 0.83).numpy(), want)
