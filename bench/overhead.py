@@ -1,0 +1,169 @@
+"""Step-time overhead of pruning: PrunedModel vs the same dense model.
+
+For each model, a dense `keras.Model` and a `prunemix.PrunedModel` (same
+graph, `PolynomialDecay` to 90 %, masks recomputed every 100 steps, the
+default) train on the same data. Rounds alternate dense/pruned (the order
+flips every round) and each round times `fit` over `--steps` steps after a
+warm-up; the median per-step ratio is printed. Also printed: bytes of
+pruning state per pruned weight, the extra ops in the `predict` graph, and
+the cost of one mask update (radix select, ours) against a full `tf.sort`
+threshold (tfmot's method) on the same weights.
+
+    python bench/overhead.py            # full run
+    python bench/overhead.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prunemix  # noqa: E402
+
+
+def mlp():
+    inputs = keras.Input((1024,))
+    x = keras.layers.Dense(2048, activation="relu")(inputs)
+    x = keras.layers.Dense(2048, activation="relu")(x)
+    return inputs, keras.layers.Dense(10)(x)
+
+
+def cnn32():
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for filters in (32, 64, 128):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    return inputs, keras.layers.Dense(10)(x)
+
+
+def digits_cnn():
+    from examples.prune_digits import cnn_graph
+
+    return cnn_graph()
+
+
+CASES = {
+    "(a) MLP 1024-2048-2048-10, batch 256": (mlp, 256),
+    "(b) CNN 32x32x3 (3 conv + dense), batch 256": (cnn32, 256),
+    "(c) digits CNN, batch 64": (digits_cnn, 64),
+}
+
+
+def make_pair(graph_fn):
+    dense = keras.Model(*graph_fn())
+    schedule = prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)
+    pruned = prunemix.PrunedModel(*graph_fn(), pruning_schedule=schedule)
+    pruned.set_weights(dense.get_weights() + [w.numpy() for w in pruned.pruner.weights])
+    for model in (dense, pruned):
+        model.compile(
+            "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+    return dense, pruned
+
+
+def time_fit(model, x, y, batch_size) -> float:
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+    return (time.perf_counter() - start) / (len(x) // batch_size)
+
+
+def predict_ops(model, shape) -> int:
+    fn = tf.function(lambda x: model(x, training=False))
+    graph = fn.get_concrete_function(tf.TensorSpec((None, *shape), tf.float32)).graph
+    return len(graph.get_operations())
+
+
+def mask_update_ms(pruner, repeats=3):
+    """Median ms of one mask update: ours vs a full-sort threshold."""
+    ours = tf.function(lambda: pruner.update_masks(tf.constant(1000, tf.int64)))
+
+    @tf.function
+    def by_sort():
+        out = []
+        for p in pruner.pruned_weights:
+            flat = tf.sort(tf.reshape(tf.abs(p.weight), [-1]))
+            k = tf.cast(tf.round(0.9 * tf.cast(tf.size(flat), tf.float64)), tf.int32)
+            out.append(tf.abs(p.weight) > tf.gather(flat, k - 1))
+        return out
+
+    times = {"radix": [], "sort": []}
+    for fn in (ours, by_sort):
+        fn()  # compile
+    for _ in range(repeats):
+        for fn, name in ((ours, "radix"), (by_sort, "sort")):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn())
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_case(name, graph_fn, batch_size, steps, rounds):
+    dense, pruned = make_pair(graph_fn)
+    shape = tuple(dense.input_shape[1:])
+    rng = np.random.default_rng(0)
+    x = rng.random((batch_size * steps, *shape)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    for model in (dense, pruned):  # warm-up: trace, compile, first mask update
+        model.fit(x[: batch_size * 2], y[: batch_size * 2], batch_size=batch_size, verbose=0)
+    ratios = []
+    for r in range(rounds):
+        order = (dense, pruned) if r % 2 == 0 else (pruned, dense)
+        t = {id(m): time_fit(m, x, y, batch_size) for m in order}
+        ratios.append(t[id(pruned)] / t[id(dense)])
+    step_ms = time_fit(dense, x, y, batch_size) * 1000
+    state_bytes = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in pruned.pruner.weights
+    )
+    pruned_count = sum(int(np.prod(p.weight.shape)) for p in pruned.pruner.pruned_weights)
+    update = mask_update_ms(pruned.pruner)
+    print(f"\n{name}")
+    print(f"  dense step: {step_ms:.1f} ms; pruned/dense step-time ratio, median of "
+          f"{rounds}: {statistics.median(ratios):.3f} (all: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)})")
+    print(f"  pruning state: {state_bytes / pruned_count:.4f} bytes per pruned weight "
+          f"({pruned_count} weights)")
+    print(f"  predict graph ops: dense {predict_ops(dense, shape)}, "
+          f"pruned {predict_ops(pruned, shape)}")
+    print(f"  one mask update: radix select {update['radix']:.1f} ms, full sort "
+          f"{update['sort']:.1f} ms ({update['sort'] / update['radix']:.1f}x)")
+    return statistics.median(ratios)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="pruned vs dense step time")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--case", choices=list("abc"), action="append")
+    args = parser.parse_args(argv)
+    steps, rounds = (4, 2) if args.quick else (args.steps, args.rounds)
+    results = {}
+    for name, (graph_fn, batch_size) in CASES.items():
+        if args.case and name[1] not in args.case:
+            continue
+        if args.quick:
+            batch_size = 8
+        keras.utils.set_random_seed(0)
+        results[name] = run_case(name, graph_fn, batch_size, steps, rounds)
+    print(f"\nTF {tf.__version__}, Keras {keras.__version__}, "
+          f"{os.cpu_count()} CPU cores, devices: "
+          f"{[d.device_type for d in tf.config.list_physical_devices()]}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
