@@ -187,6 +187,15 @@ class Pruner(keras.layers.Layer):
             The overall sparsity after this step (float32 scalar tensor).
         """
         self._check_built()
+        replica = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and replica is not None:
+            # Under a tf.distribute strategy, leave the replicas once: the
+            # step advances once, masks are computed once from the (already
+            # all-reduced, identical) weights and written to every replica.
+            return replica.merge_call(lambda _: self._apply(distributed=True))
+        return self._apply(distributed=False)
+
+    def _apply(self, distributed: bool):
         self.pruning_step.assign_add(1)
         step = ops.convert_to_tensor(self.pruning_step)
         sparsity = ops.cond(
@@ -194,7 +203,10 @@ class Pruner(keras.layers.Layer):
             lambda: self.update_masks(step),
             lambda: ops.convert_to_tensor(self.sparsity),
         )
-        self.apply_masks()
+        if distributed:
+            self._apply_masks()
+        else:
+            self.apply_masks()
         return sparsity
 
     def get_config(self) -> dict:

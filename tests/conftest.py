@@ -5,6 +5,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs, so tf.distribute tests have two replicas. This must run
+# before TensorFlow initializes its devices, i.e. before any test.
+try:
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+except RuntimeError:  # devices already initialized: distribute tests skip
+    pass
 
 # Anything that touches `fit` runs in the three execution modes.
 MODES = {
