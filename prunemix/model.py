@@ -125,12 +125,17 @@ class PrunedModel(keras.Model):
                 _keras_compat.attach_after_build(self, "_pruner", pruner)
         return self._pruner
 
-    def apply_pruning(self):
+    def apply_pruning(self, advance: Any = True):
         """One pruning step; call it once after each optimizer update.
 
         Advances the pruning step, recomputes the masks when the schedule is
         due, and sets every pruned weight to exactly zero. Traceable: use it
         inside your own `train_step` or `tf.function` training loop.
+
+        Args:
+            advance: pass a false value (bool or bool tensor) for a step in
+                which no optimizer update was applied; pruned weights are
+                then still zeroed but the step and masks stay as they are.
 
         Returns:
             Overall sparsity of the pruned weights (float32 scalar tensor),
@@ -145,7 +150,7 @@ class PrunedModel(keras.Model):
             return {"loss": loss, "sparsity": sparsity}
         ```
         """
-        return self.build_pruning().apply()
+        return self.build_pruning().apply(advance)
 
     def __call__(self, *args, **kwargs):
         outputs = super().__call__(*args, **kwargs)
@@ -170,10 +175,15 @@ class PrunedModel(keras.Model):
         return super().make_train_function(force=force)
 
     def train_step(self, *args, **kwargs):
-        logs = super().train_step(*args, **kwargs)
         if self._prunemix_stripped:
-            return logs
-        sparsity = self.apply_pruning()
+            return super().train_step(*args, **kwargs)
+        # `optimizer.iterations` counts applied updates: it stays put on a
+        # step skipped by loss scaling and between gradient-accumulation
+        # updates, and so does the pruning step.
+        before = tf.identity(self.optimizer.iterations)
+        logs = super().train_step(*args, **kwargs)
+        updated = tf.greater(self.optimizer.iterations, before)
+        sparsity = self.build_pruning().apply(advance=updated)
         return {**logs, "sparsity": sparsity}
 
 

@@ -176,30 +176,42 @@ class Pruner(keras.layers.Layer):
             weight = pruned_weight.weight
             weight.assign(ops.where(pruned_weight.mask, weight, ops.zeros_like(weight)))
 
-    def apply(self):
+    def apply(self, advance: Any = True):
         """One pruning step: advance the step, update masks when due, mask.
 
         Call it once after each optimizer update. Traceable: it runs inside
         `tf.function`, XLA and `fit()`'s train step, with `ops.cond` deciding
         whether the masks are due.
 
+        Args:
+            advance: whether an optimizer update happened in this step (a
+                Python bool or bool scalar tensor). When false (a step skipped
+                by loss scaling, or a gradient-accumulation micro-step) the
+                step does not advance and the masks do not change, but pruned
+                weights are still set to zero.
+
         Returns:
             The overall sparsity after this step (float32 scalar tensor).
         """
         self._check_built()
+        advance = ops.convert_to_tensor(advance, dtype="bool")
         replica = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and replica is not None:
             # Under a tf.distribute strategy, leave the replicas once: the
             # step advances once, masks are computed once from the (already
             # all-reduced, identical) weights and written to every replica.
-            return replica.merge_call(lambda _: self._apply(distributed=True))
-        return self._apply(distributed=False)
+            def cross_replica(strategy, advance):
+                first = strategy.experimental_local_results(advance)[0]
+                return self._apply(first, distributed=True)
 
-    def _apply(self, distributed: bool):
-        self.pruning_step.assign_add(1)
+            return replica.merge_call(cross_replica, args=(advance,))
+        return self._apply(advance, distributed=False)
+
+    def _apply(self, advance, distributed: bool):
+        self.pruning_step.assign_add(ops.cast(advance, "int64"))
         step = ops.convert_to_tensor(self.pruning_step)
         sparsity = ops.cond(
-            self.pruning_schedule.should_prune(step),
+            ops.logical_and(advance, self.pruning_schedule.should_prune(step)),
             lambda: self.update_masks(step),
             lambda: ops.convert_to_tensor(self.sparsity),
         )
