@@ -80,3 +80,14 @@ def test_matches_a_full_sort():
     want = np.ones(5000, bool)
     want[order[: round(0.83 * 5000)]] = False
     np.testing.assert_array_equal(masks.magnitude_mask(weights, 0.83).numpy(), want)
+
+
+def test_ties_across_many_blocks_are_pruned_in_flat_order():
+    weights = np.ones(5000, "float32")
+    weights[::7] = 3.0  # 715 larger entries keep their place
+    mask = masks.magnitude_mask(weights, 0.6).numpy()
+    k = round(0.6 * 5000)
+    ones = np.flatnonzero(weights == 1.0)
+    want = np.ones(5000, bool)
+    want[ones[:k]] = False
+    np.testing.assert_array_equal(mask, want)
