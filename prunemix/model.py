@@ -170,9 +170,35 @@ class PrunedModel(keras.Model):
         # the first trace of the train step; the pruner follows from
         # `__call__` there (its variables are lifted out with `init_scope`).
         if self.built and not self._prunemix_stripped:
+            self._check_strategy()
             with self.distribute_strategy.scope():
                 self.build_pruning()
         return super().make_train_function(force=force)
+
+    def _check_strategy(self):
+        def strategy_of(variable):
+            value = variable.value
+            if isinstance(value, tf.distribute.DistributedValues):
+                return value._distribute_strategy
+            return None
+
+        variables = list(self.weights)
+        if self.optimizer is not None:
+            variables += list(self.optimizer.variables)
+        found = {}
+        for variable in variables:
+            found.setdefault(id(strategy_of(variable)), (strategy_of(variable), variable))
+        if len(found) > 1:
+            names = ", ".join(
+                f"'{v.path}' under {type(s).__name__ if s else 'no strategy'}"
+                for s, v in found.values()
+            )
+            raise ValueError(
+                f"Model '{self.name}' mixes variables created under different "
+                f"`tf.distribute` strategies ({names}), so replicas could disagree "
+                "on weights and masks. Create the model and compile it inside the "
+                "same `strategy.scope()` (loading a saved model there works too)."
+            )
 
     def train_step(self, *args, **kwargs):
         if self._prunemix_stripped:
