@@ -11,6 +11,7 @@ threshold (tfmot's method) on the same weights.
 
     python bench/overhead.py            # full run
     python bench/overhead.py --quick    # smoke run
+    python bench/overhead.py --mirrored # the same under MirroredStrategy
 """
 
 from __future__ import annotations
@@ -63,15 +64,16 @@ CASES = {
 }
 
 
-def make_pair(graph_fn):
-    dense = keras.Model(*graph_fn())
-    schedule = prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)
-    pruned = prunemix.PrunedModel(*graph_fn(), pruning_schedule=schedule)
-    pruned.set_weights(dense.get_weights() + [w.numpy() for w in pruned.pruner.weights])
-    for model in (dense, pruned):
-        model.compile(
-            "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        )
+def make_pair(graph_fn, strategy):
+    with strategy.scope():
+        dense = keras.Model(*graph_fn())
+        schedule = prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)
+        pruned = prunemix.PrunedModel(*graph_fn(), pruning_schedule=schedule)
+        pruned.set_weights(dense.get_weights() + [w.numpy() for w in pruned.pruner.weights])
+        for model in (dense, pruned):
+            model.compile(
+                "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            )
     return dense, pruned
 
 
@@ -113,8 +115,8 @@ def mask_update_ms(pruner, repeats=3):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_case(name, graph_fn, batch_size, steps, rounds):
-    dense, pruned = make_pair(graph_fn)
+def run_case(name, graph_fn, batch_size, steps, rounds, strategy):
+    dense, pruned = make_pair(graph_fn, strategy)
     shape = tuple(dense.input_shape[1:])
     rng = np.random.default_rng(0)
     x = rng.random((batch_size * 8, *shape)).astype("float32")
@@ -156,7 +158,19 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--case", choices=list("abc"), action="append")
+    parser.add_argument(
+        "--mirrored", action="store_true",
+        help="train under MirroredStrategy on 2 logical CPUs (a fresh process)",
+    )
     args = parser.parse_args(argv)
+    strategy = tf.distribute.get_strategy()
+    if args.mirrored:
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * 2,
+        )
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        print(f"under MirroredStrategy, {strategy.num_replicas_in_sync} replicas")
     steps, rounds = (4, 2) if args.quick else (args.steps, args.rounds)
     results = {}
     for name, (graph_fn, batch_size) in CASES.items():
@@ -165,7 +179,7 @@ def main(argv=None):
         if args.quick:
             batch_size = 8
         keras.utils.set_random_seed(0)
-        results[name] = run_case(name, graph_fn, batch_size, steps, rounds)
+        results[name] = run_case(name, graph_fn, batch_size, steps, rounds, strategy)
     print(f"\nTF {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}")

@@ -110,13 +110,34 @@ def train(strategy, steps=20, global_batch_size=32, seed=0):
     return model
 
 
+def train_with_fit(strategy, steps=20, global_batch_size=32, seed=0):
+    """The same run through `model.fit` (fails on Keras 3.15 / TF 2.21)."""
+    x, y = make_data()
+    with strategy.scope():
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((x.shape[1],))
+        outputs = keras.layers.Dense(4)(keras.layers.Dense(32, activation="relu")(inputs))
+        model = prunemix.PrunedModel(
+            inputs, outputs,
+            pruning_schedule=prunemix.PolynomialDecay(0.0, 0.8, 0, steps // 2, frequency=2),
+        )
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch_size).repeat()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return model
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", help="write masks and weights to this .npz file")
+    parser.add_argument("--fit", action="store_true", help="use model.fit instead")
     args = parser.parse_args(argv)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    model = train(strategy, steps=args.steps)
+    model = (train_with_fit if args.fit else train)(strategy, steps=args.steps)
     if args.out:
         arrays = {}
         for i, p in enumerate(model.pruner.pruned_weights):
