@@ -158,7 +158,17 @@ class PrunedModel(keras.Model):
             self.build_pruning()
         return outputs
 
+    def get_build_config(self):
+        config = super().get_build_config()
+        if config is not None and self._prunemix_stripped:
+            # A stripped copy must reload without masks.
+            config = {**config, "prunemix_stripped": True}
+        return config
+
     def build_from_config(self, config):
+        if config and config.get("prunemix_stripped"):
+            self._prunemix_stripped = True
+            config = {k: v for k, v in config.items() if k != "prunemix_stripped"}
         super().build_from_config(config)
         # Keras builds a subclassed model's layers here without always
         # marking the model built; the masks must exist before weights load.

@@ -319,12 +319,17 @@ def test_strip_pruning_functional_loads_without_prunemix(tmp_path):
     assert int(out.stdout.strip().splitlines()[-1]) == zeros
 
 
-def test_strip_pruning_subclassed():
+def test_strip_pruning_subclassed(tmp_path):
     model = compiled(MLP(), {})
     model.fit(X, Y, batch_size=16, epochs=1, verbose=0)
     stripped = prunemix.strip_pruning(model)
     assert stripped.pruner is None
+    assert not any("mask" in v.name for v in stripped.weights)
     np.testing.assert_allclose(stripped.predict(X, verbose=0), model.predict(X, verbose=0))
+    stripped.save(tmp_path / "stripped.keras")
+    reloaded = keras.saving.load_model(tmp_path / "stripped.keras")
+    assert reloaded.pruner is None
+    np.testing.assert_allclose(reloaded.predict(X, verbose=0), model.predict(X, verbose=0))
     assert prunemix.sparsity_report(stripped).zeros == prunemix.sparsity_report(model).zeros
     compiled(stripped, {}).fit(X, Y, batch_size=16, epochs=1, verbose=0)
     assert stripped.pruner is None
