@@ -7,6 +7,7 @@ and ship.
 """
 
 from prunemix._version import __version__
+from prunemix.callbacks import PruningSummaries
 from prunemix.export import (
     SparsityReport,
     WeightSparsity,
@@ -28,6 +29,7 @@ __all__ = [
     "PrunedWeight",
     "Pruner",
     "PruningSchedule",
+    "PruningSummaries",
     "SparsityReport",
     "WeightSparsity",
     "__version__",
