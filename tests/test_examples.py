@@ -1,5 +1,6 @@
 import pytest
 
+import prunemix
 from bench import overhead
 from examples import prune_digits
 
@@ -20,3 +21,45 @@ def test_overhead_bench_runs_small():
     results = overhead.main(["--quick", "--case", "c"])
     assert len(results) == 1
     assert all(wall > 0 and cpu > 0 for wall, cpu in results.values())
+
+
+def test_custom_layers_example():
+    from examples import custom_layers
+
+    model, report = custom_layers.main(["--quick"])
+    rows = {(r.layer.split("/")[-1], r.weight): r for r in report}
+    assert set(rows) == {("rescale", "scale"), ("gated_dense", "kernel"),
+                         ("gated_dense", "gate"), ("dense", "kernel")}
+    schedule, step = model.pruning_schedule, int(model.pruner.pruning_step.numpy())
+    last_update = max(s for s in range(step + 1) if schedule.should_prune(s))
+    for row in report:
+        assert row.zeros == round(float(schedule(last_update)) * row.size)
+    assert model.gated.bias.path not in {p.path for p in model.pruner.pruned_weights}
+
+
+def test_custom_train_step_example():
+    from examples import custom_train_step
+
+    model, history = custom_train_step.main(["--quick"])
+    assert history.history["sparsity"][-1] == pytest.approx(
+        prunemix.sparsity_report(model).sparsity, abs=1e-6
+    )
+    assert prunemix.sparsity_report(model).sparsity > 0.5
+
+
+def test_gradient_tape_loop_example():
+    from examples import gradient_tape_loop
+
+    model, accuracy = gradient_tape_loop.main(["--quick"])
+    assert int(model.pruner.pruning_step.numpy()) == 20
+    assert prunemix.sparsity_report(model).sparsity > 0.5
+    assert 0.0 < accuracy <= 1.0
+
+
+def test_tfmot_style_layer_example():
+    from examples import tfmot_style_layer
+
+    model, report = tfmot_style_layer.main(["--quick"])
+    assert [(r.weight, r.zeros) for r in report] == [
+        ("u", round(0.5 * 64 * 16)), ("v", round(0.5 * 16 * 128)), ("kernel", 640)
+    ]
