@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+__all__ = ["PruningSummaries"]
+
 # The metadata `tf.summary.scalar` writes, so TensorBoard shows these as
 # scalars; `tf.summary.write` needs no TensorBoard installed to write them.
 _SCALAR = summary_pb2.SummaryMetadata(
@@ -18,8 +20,6 @@ _SCALAR = summary_pb2.SummaryMetadata(
 
 def _scalar(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR)
-
-__all__ = ["PruningSummaries"]
 
 
 class PruningSummaries(keras.callbacks.Callback):

@@ -78,8 +78,10 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     else:
         try:
             stripped = type(model).from_config(model.get_config())
+            stripped._prunemix_stripped = True
             build_config = model.get_build_config()
-            stripped.build_from_config({**(build_config or {}), "prunemix_stripped": True})
+            if build_config:
+                stripped.build_from_config(build_config)
         except (NotImplementedError, TypeError) as error:
             raise ValueError(
                 f"Cannot strip '{model.name}': {type(model).__name__} cannot be "

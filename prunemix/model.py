@@ -197,7 +197,8 @@ class PrunedModel(keras.Model):
             variables += list(self.optimizer.variables)
         found = {}
         for variable in variables:
-            found.setdefault(id(strategy_of(variable)), (strategy_of(variable), variable))
+            strategy = strategy_of(variable)
+            found.setdefault(id(strategy), (strategy, variable))
         if len(found) > 1:
             names = ", ".join(
                 f"'{v.path}' under {type(s).__name__ if s else 'no strategy'}"
@@ -219,7 +220,7 @@ class PrunedModel(keras.Model):
         before = tf.identity(self.optimizer.iterations)
         logs = super().train_step(*args, **kwargs)
         updated = tf.greater(self.optimizer.iterations, before)
-        sparsity = self.build_pruning().apply(advance=updated)
+        sparsity = self.apply_pruning(advance=updated)
         return {**logs, "sparsity": sparsity}
 
 
