@@ -40,12 +40,12 @@ def load_data(seed: int = 0):
 def cnn_graph():
     """Inputs and outputs of the CNN (functional API)."""
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_in")(inputs)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv")(x)
     x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    outputs = keras.layers.Dense(10)(x)
+    x = keras.layers.Dense(128, activation="relu", name="dense")(x)
+    outputs = keras.layers.Dense(10, name="logits")(x)
     return inputs, outputs
 
 
@@ -58,13 +58,18 @@ def compile_model(model, learning_rate: float):
     return model
 
 
-def prune_from(dense, x_train, y_train, sparsity, epochs, batch_size):
-    """Fine-tune a pruned copy of `dense` up to `sparsity`; return it stripped."""
+def prune_from(dense, x_train, y_train, sparsity, epochs, batch_size, policy=None):
+    """Fine-tune a pruned copy of `dense` up to `sparsity`; return it stripped.
+
+    `policy`: optional `prunemix.Rule`s (which layers, which pattern).
+    """
     steps = epochs * int(np.ceil(len(x_train) / batch_size))
     schedule = prunemix.PolynomialDecay(
         0.0, sparsity, begin_step=0, end_step=int(steps * 0.7), frequency=max(steps // 40, 1)
     )
-    model = prunemix.PrunedModel(*cnn_graph(), pruning_schedule=schedule)
+    model = prunemix.PrunedModel(
+        *cnn_graph(), pruning_schedule=schedule, pruning_policy=policy
+    )
     for src, dst in zip(dense.layers, model.layers, strict=True):
         dst.set_weights(src.get_weights())
     compile_model(model, 5e-4)

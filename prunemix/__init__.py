@@ -17,20 +17,36 @@ from prunemix.export import (
 )
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
 from prunemix.model import PrunedModel
+from prunemix.patterns import (
+    BlockSparsity,
+    GlobalMagnitude,
+    Magnitude,
+    NMSparsity,
+    PruningPattern,
+    StructuredSparsity,
+)
+from prunemix.policy import Rule
 from prunemix.prunable import PrunableMixin, prunable, prunable_weights_of
 from prunemix.pruner import PrunedWeight, Pruner, find_prunable_weights
 from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
 __all__ = [
+    "BlockSparsity",
     "ConstantSparsity",
+    "GlobalMagnitude",
+    "Magnitude",
+    "NMSparsity",
     "PolynomialDecay",
     "PrunableMixin",
     "PrunedModel",
     "PrunedWeight",
     "Pruner",
+    "PruningPattern",
     "PruningSchedule",
     "PruningSummaries",
+    "Rule",
     "SparsityReport",
+    "StructuredSparsity",
     "WeightSparsity",
     "__version__",
     "compressed_size",

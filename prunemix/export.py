@@ -73,7 +73,8 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     source = _model_weights(model)
     if isinstance(model, _keras_compat.functional_class()):
         config = model.get_config()
-        config.pop("pruning_schedule", None)
+        for key in ("pruning_schedule", "pruning_policy"):
+            config.pop(key, None)
         stripped = keras.Model.from_config(config)
     else:
         try:

@@ -7,12 +7,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from prunemix import _keras_compat, schedules
+from prunemix import _keras_compat, policy, schedules
 from prunemix.pruner import Pruner
 
 __all__ = ["PrunedModel"]
 
 Functional = _keras_compat.functional_class()
+
 
 
 class PrunedModel(keras.Model):
@@ -38,6 +39,11 @@ class PrunedModel(keras.Model):
         *args: `keras.Model` arguments (`inputs, outputs` for functional).
         pruning_schedule: a `ConstantSparsity`, `PolynomialDecay`, or any
             traceable callable `step -> sparsity`. Required.
+        pruning_policy: optional list of `prunemix.Rule`s: exclude layers,
+            or give them their own schedule, final sparsity, pattern
+            (`GlobalMagnitude`, `BlockSparsity`, `NMSparsity`,
+            `StructuredSparsity`) or importance score. First match wins;
+            saved with the model.
         **kwargs: `keras.Model` keyword arguments (`name`, ...).
 
     Raises:
@@ -70,7 +76,9 @@ class PrunedModel(keras.Model):
             return FunctionalPrunedModel.__new__(FunctionalPrunedModel, *args, **kwargs)
         return super().__new__(cls, *args, **kwargs)
 
-    def __init__(self, *args, pruning_schedule: Any = None, **kwargs):
+    def __init__(
+        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None, **kwargs
+    ):
         functional = isinstance(self, Functional)
         if _keras_compat.is_functional_call(args, kwargs) and not functional:
             raise TypeError(
@@ -87,6 +95,7 @@ class PrunedModel(keras.Model):
         self._pruning_schedule = (
             None if pruning_schedule is None else schedules.get(pruning_schedule)
         )
+        self._pruning_policy = policy.get_policy(pruning_policy)
         self._pruner = None
         self._prunemix_stripped = False
 
@@ -94,6 +103,11 @@ class PrunedModel(keras.Model):
     def pruning_schedule(self):
         """The schedule this model prunes with."""
         return self._pruning_schedule
+
+    @property
+    def pruning_policy(self) -> list:
+        """The `Rule`s choosing which weights are pruned, and how."""
+        return self._pruning_policy
 
     @property
     def pruner(self):
@@ -120,7 +134,9 @@ class PrunedModel(keras.Model):
             )
         if self._pruner is None:
             with tf.init_scope():
-                pruner = Pruner(self._pruning_schedule, name="pruner")
+                pruner = Pruner(
+                    self._pruning_schedule, self._pruning_policy, name="pruner"
+                )
                 pruner.track(self)
                 _keras_compat.attach_after_build(self, "_pruner", pruner)
         return self._pruner
@@ -233,7 +249,9 @@ class FunctionalPrunedModel(Functional, PrunedModel):
     the functional way, which would break every subclassed `PrunedModel`).
     """
 
-    def __init__(self, *args, pruning_schedule: Any = None, **kwargs):
+    def __init__(
+        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None, **kwargs
+    ):
         if pruning_schedule is None:
             raise TypeError(
                 "PrunedModel(inputs, outputs) needs `pruning_schedule=`, e.g. "
@@ -242,6 +260,7 @@ class FunctionalPrunedModel(Functional, PrunedModel):
         schedule = schedules.get(pruning_schedule)
         Functional.__init__(self, *args, **kwargs)
         self._pruning_schedule = schedule
+        self._pruning_policy = policy.get_policy(pruning_policy)
         self.build_pruning()
 
     def get_config(self) -> dict:
@@ -250,4 +269,5 @@ class FunctionalPrunedModel(Functional, PrunedModel):
             "pruning_schedule": keras.saving.serialize_keras_object(
                 self._pruning_schedule
             ),
+            "pruning_policy": policy.serialize_policy(self._pruning_policy),
         }

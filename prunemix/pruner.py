@@ -12,19 +12,29 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from prunemix import _keras_compat, masks, schedules
+from prunemix import _keras_compat, patterns, policy, schedules
 from prunemix.prunable import prunable_weights_of
 
 __all__ = ["Pruner", "PrunedWeight"]
 
 
 class PrunedWeight:
-    """One pruned weight: its layer, the variable, its bool mask and a path."""
+    """One pruned weight: its layer, the variable, its bool mask, a path, and
+    how it is pruned (`schedule`, `pattern`, `score`, sparsity `bounds`)."""
 
-    __slots__ = ("layer", "weight", "mask", "path")
+    __slots__ = ("layer", "weight", "mask", "path", "schedule", "pattern", "score", "bounds")
 
-    def __init__(self, layer, weight, mask, path: str):
+    def __init__(self, layer, weight, mask, path: str, schedule=None, pattern=None,
+                 score=None, bounds=(0.0, 1.0)):
         self.layer, self.weight, self.mask, self.path = layer, weight, mask, path
+        self.schedule = schedule
+        self.pattern = pattern if pattern is not None else patterns.Magnitude()
+        self.score, self.bounds = score, tuple(bounds)
+
+    def scores(self):
+        """Importance of each entry: `|score(self)|`, or `|w|` by default."""
+        value = self.weight if self.score is None else self.score(self)
+        return ops.abs(ops.cast(value, "float32"))
 
     def __repr__(self) -> str:
         return f"PrunedWeight({self.path!r}, shape={tuple(self.weight.shape)})"
@@ -76,10 +86,12 @@ class Pruner(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, pruning_schedule: Any, **kwargs):
+    def __init__(self, pruning_schedule: Any, pruning_policy: Any = None, **kwargs):
         super().__init__(**kwargs)
         self.pruning_schedule = schedules.get(pruning_schedule)
+        self.pruning_policy = policy.get_policy(pruning_policy)
         self.pruned_weights = []
+        self._groups = []
         self._apply_masks_xla = None
 
     def track(self, model) -> Pruner:
@@ -93,7 +105,9 @@ class Pruner(keras.layers.Layer):
 
         Raises:
             ValueError: if `model` is not built, has no prunable weights, or a
-                layer declares a weight that is missing or not a float.
+                layer declares a weight that is missing or not a float; if a
+                policy rule matches no weight, excludes every weight, or gives
+                a weight a pattern it cannot handle.
         """
         if self.built:
             raise ValueError(f"Pruner '{self.name}' already tracks a model.")
@@ -110,7 +124,8 @@ class Pruner(keras.layers.Layer):
                 "found at any depth; custom layers declare theirs with "
                 "`PrunableMixin`, `@prunable(...)` or `get_prunable_weights()`."
             )
-        for layer, weight in pairs:
+        chosen = self._apply_policy(model, pairs)
+        for layer, weight, rule in chosen:
             mask = self.add_weight(
                 name=f"{weight.name}_mask",
                 shape=weight.shape,
@@ -119,7 +134,15 @@ class Pruner(keras.layers.Layer):
                 trainable=False,
                 aggregation="only_first_replica",
             )
-            self.pruned_weights.append(PrunedWeight(layer, weight, mask, weight.path))
+            self.pruned_weights.append(
+                PrunedWeight(
+                    layer, weight, mask, weight.path,
+                    schedule=rule.schedule_for(self.pruning_schedule),
+                    pattern=rule.pattern, score=rule.score,
+                    bounds=(rule.min_sparsity, rule.max_sparsity),
+                )
+            )
+        self._groups = self._schedule_groups()
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer="zeros",
             trainable=False, aggregation="only_first_replica",
@@ -131,6 +154,52 @@ class Pruner(keras.layers.Layer):
         self.built = True
         return self
 
+    def _apply_policy(self, model, pairs) -> list:
+        """`(layer, weight, rule)` for every weight the policy prunes."""
+        rules = self.pruning_policy
+        used = [False] * len(rules)
+        chosen = []
+        for layer, weight in pairs:
+            rule = None
+            for i, candidate in enumerate(rules):
+                if candidate.matches(layer, weight):
+                    used[i], rule = True, candidate
+                    break
+            rule = rule or policy.Rule()
+            if rule.exclude:
+                continue
+            (rule.pattern or patterns.Magnitude()).check(layer, weight)
+            chosen.append((layer, weight, rule))
+        for i, rule in enumerate(rules):
+            if not used[i]:
+                layers = ", ".join(sorted({layer.path or layer.name for layer, _ in pairs}))
+                raise ValueError(
+                    f"Pruning policy rule {i} (match={rule.match!r}) matches no prunable "
+                    f"weight of model '{model.name}' that an earlier rule did not take. "
+                    f"Layers with prunable weights: {layers}."
+                )
+        if not chosen:
+            raise ValueError(
+                f"The pruning policy of model '{model.name}' excludes every prunable weight."
+            )
+        return chosen
+
+    def _schedule_groups(self) -> list:
+        """`(schedule, [pruned weights])` per distinct schedule, in order."""
+        groups = {}
+        for pruned_weight in self.pruned_weights:
+            schedule = pruned_weight.schedule
+            key = repr(keras.saving.serialize_keras_object(schedule))
+            groups.setdefault(key, (schedule, []))[1].append(pruned_weight)
+        pooled = [p for p in self.pruned_weights if p.pattern.is_global]
+        if len({repr(keras.saving.serialize_keras_object(p.schedule)) for p in pooled}) > 1:
+            raise ValueError(
+                "GlobalMagnitude: every weight sharing the global threshold must "
+                "follow the same schedule; these do not: "
+                + ", ".join(p.path for p in pooled) + "."
+            )
+        return list(groups.values())
+
     def _check_built(self):
         if not self.built:
             raise ValueError(
@@ -138,7 +207,7 @@ class Pruner(keras.layers.Layer):
             )
 
     def update_masks(self, step=None):
-        """Recomputes every mask for the schedule's sparsity at `step`.
+        """Recomputes every mask for the schedules' sparsity at `step`.
 
         Args:
             step: pruning step; defaults to the current `pruning_step`.
@@ -149,14 +218,38 @@ class Pruner(keras.layers.Layer):
         self._check_built()
         if step is None:
             step = self.pruning_step
-        target = self.pruning_schedule(ops.convert_to_tensor(step))
+        step = ops.convert_to_tensor(step)
+        for schedule, group in self._groups:
+            self._update_group(schedule, group, step)
+        return self._recount()
+
+    def _update_group(self, schedule, group, step):
+        target = schedule(step)
+        pooled = [p for p in group if p.pattern.is_global]
+        if pooled:
+            new = patterns.global_masks(
+                [p.scores() for p in pooled], target, [p.bounds for p in pooled]
+            )
+            for pruned_weight, mask in zip(pooled, new, strict=True):
+                pruned_weight.mask.assign(mask)
+        for pruned_weight in group:
+            if pruned_weight.pattern.is_global:
+                continue
+            low, high = pruned_weight.bounds
+            sparsity = ops.clip(target, low, high)
+            mask = pruned_weight.pattern.mask(pruned_weight.scores(), sparsity)
+            if isinstance(pruned_weight.pattern, patterns.NMSparsity):
+                mask = ops.logical_or(mask, ops.less_equal(target, 0.0))
+            pruned_weight.mask.assign(mask)
+        return ops.convert_to_tensor(True)
+
+    def _recount(self):
         pruned = ops.convert_to_tensor(0.0, dtype="float64")
         total = 0
         for pruned_weight in self.pruned_weights:
+            kept = ops.sum(ops.cast(pruned_weight.mask, "float64"))
             size = math.prod(pruned_weight.weight.shape)
-            count = masks.pruned_count(target, size)
-            pruned_weight.mask.assign(masks.lowest_k_mask(pruned_weight.weight, count))
-            pruned = pruned + ops.cast(count, "float64")
+            pruned = pruned + (size - kept)
             total += size
         self.sparsity.assign(ops.cast(pruned / total, "float32"))
         return ops.convert_to_tensor(self.sparsity)
@@ -210,9 +303,20 @@ class Pruner(keras.layers.Layer):
     def _apply(self, advance, distributed: bool):
         self.pruning_step.assign_add(ops.cast(advance, "int64"))
         step = ops.convert_to_tensor(self.pruning_step)
+        updated = []
+        for schedule, group in self._groups:
+            updated.append(
+                ops.cond(
+                    ops.logical_and(advance, schedule.should_prune(step)),
+                    lambda schedule=schedule, group=group: self._update_group(
+                        schedule, group, step
+                    ),
+                    lambda: ops.convert_to_tensor(False),
+                )
+            )
         sparsity = ops.cond(
-            ops.logical_and(advance, self.pruning_schedule.should_prune(step)),
-            lambda: self.update_masks(step),
+            ops.any(ops.stack(updated)),
+            self._recount,
             lambda: ops.convert_to_tensor(self.sparsity),
         )
         if distributed:
@@ -227,4 +331,5 @@ class Pruner(keras.layers.Layer):
             "pruning_schedule": keras.saving.serialize_keras_object(
                 self.pruning_schedule
             ),
+            "pruning_policy": policy.serialize_policy(self.pruning_policy),
         }

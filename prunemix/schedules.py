@@ -284,3 +284,19 @@ def get(identifier: Any) -> PruningSchedule:
         "`prunemix.PolynomialDecay(...)`) or a callable `step -> sparsity`. "
         f"Received: pruning_schedule={identifier!r}"
     )
+
+
+def with_final_sparsity(schedule: PruningSchedule, sparsity: float) -> PruningSchedule:
+    """`schedule` with its final (or constant) sparsity replaced, same timing.
+
+    Raises:
+        TypeError: for a schedule without a final sparsity (a plain callable).
+    """
+    config = schedule.get_config()
+    for key in ("final_sparsity", "target_sparsity"):
+        if key in config:
+            return type(schedule).from_config({**config, key: sparsity})
+    raise TypeError(
+        f"Cannot set a final sparsity on {type(schedule).__name__}; give the rule "
+        "its own `schedule=` instead."
+    )

@@ -2,7 +2,7 @@ import pytest
 
 import prunemix
 from bench import overhead
-from examples import prune_digits
+from examples import prune_digits, prune_methods
 
 
 @pytest.mark.slow
@@ -13,6 +13,15 @@ def test_prune_digits_runs_small():
     for (_, reached, accuracy, size), target in zip(rows[1:], (0.9, 0.95), strict=True):
         assert reached == pytest.approx(target, abs=1e-3)
         assert size < rows[0][3]
+        assert 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_prune_methods_runs_small():
+    rows = prune_methods.main(["--quick"])
+    assert [row[0] for row in rows] == ["dense", *prune_methods.METHODS]
+    for _, _, reached, accuracy in rows[1:]:
+        assert reached == 0.5  # every method prunes exactly half of the same weights
         assert 0.0 <= accuracy <= 1.0
 
 

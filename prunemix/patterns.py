@@ -1,0 +1,392 @@
+"""Sparsity patterns: which entries of a weight a mask may remove together.
+
+A pattern turns a score tensor (by default `|w|`, the weight's magnitude)
+and a target sparsity into a boolean keep-mask. Every pattern keeps its
+count exact: `round(sparsity * units)` units are pruned, where a unit is an
+entry, a block, or a whole output unit / input channel.
+
+- `Magnitude()`: the entries of lowest score in each weight (the default).
+- `GlobalMagnitude()`: one threshold across every weight that uses it.
+- `BlockSparsity(block_shape, pooling)`: whole blocks of entries.
+- `NMSparsity(n, m)`: n zeros in every group of m along the input axis.
+- `StructuredSparsity(axis, norm)`: whole output units or input channels.
+
+Axes, for the layouts of Keras weights: the *input axis* is 0 for rank-2
+kernels (Dense: `(in, out)`) and -2 for kernels of rank 3 or more (Conv:
+`(..., in_channels, out_channels)`); the *output axis* is always -1.
+Embeddings `(vocab, dim)` are rank 2, so their input axis is the vocabulary.
+
+Example:
+
+>>> import numpy as np
+>>> w = np.array([[0.1, -2.0, 0.3, 4.0], [5.0, 0.2, -6.0, 0.05]], "float32")
+>>> NMSparsity(2, 4, axis=1).mask(np.abs(w), 0.5).numpy().astype(int).tolist()
+[[0, 1, 0, 1], [1, 0, 1, 0]]
+>>> BlockSparsity((1, 2)).mask(np.abs(w), 0.5).numpy().astype(int).tolist()
+[[0, 0, 0, 0], [1, 1, 1, 1]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from prunemix import masks
+
+__all__ = [
+    "BlockSparsity",
+    "GlobalMagnitude",
+    "Magnitude",
+    "NMSparsity",
+    "PruningPattern",
+    "StructuredSparsity",
+    "input_axis",
+]
+
+
+def input_axis(rank: int) -> int:
+    """The input-channel axis of a Keras kernel of this rank (0 or -2)."""
+    return 0 if rank <= 2 else -2
+
+
+def _label(layer, weight) -> str:
+    return f"weight '{weight.path}' of layer '{layer.name}' ({type(layer).__name__})"
+
+
+class PruningPattern:
+    """Base class: a rule that turns scores and a sparsity into a keep-mask.
+
+    Subclasses implement `mask(scores, sparsity)`, and `check(layer, weight)`
+    to reject weights they cannot handle (called at build time).
+    """
+
+    #: Whether all weights using the pattern share one threshold.
+    is_global = False
+
+    def check(self, layer, weight) -> None:
+        """Raises `ValueError` if the pattern cannot handle `weight`."""
+
+    def mask(self, scores, sparsity):
+        """Keep-mask (bool, shaped like `scores`) for a target `sparsity`."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class Magnitude(PruningPattern):
+    """Unstructured: prune the entries of lowest score in each weight.
+
+    Each weight gets exactly `round(sparsity * size)` zeros.
+    """
+
+    def mask(self, scores, sparsity):
+        scores = tf.convert_to_tensor(scores)
+        return masks.lowest_k_mask(scores, masks.pruned_count(sparsity, tf.size(scores)))
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class GlobalMagnitude(Magnitude):
+    """Unstructured with one threshold shared by every weight that uses it.
+
+    The model-wide count is exact (`round(sparsity * total)` zeros over the
+    weights in the pool) while layers end up with different sparsities. A
+    `Rule`'s `min_sparsity` / `max_sparsity` bound each weight's share, so
+    no layer is pruned to death. All weights in the pool must follow the
+    same schedule.
+    """
+
+    is_global = True
+
+
+def _check_rank(pattern, layer, weight, minimum: int) -> None:
+    if len(weight.shape) < minimum:
+        raise ValueError(
+            f"{type(pattern).__name__} needs weights of rank >= {minimum}, but "
+            f"{_label(layer, weight)} has shape {tuple(weight.shape)}. Give it "
+            "another pattern or exclude it with a `prunemix.Rule`."
+        )
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class BlockSparsity(PruningPattern):
+    """Prune whole blocks of entries, scored by the average or max |w|.
+
+    `block_shape` covers the trailing axes of the weight: `(1, 4)` on a Dense
+    kernel `(in, out)` makes blocks of 4 consecutive output units for one
+    input; on a Conv2D kernel `(h, w, in, out)` the same blocks lie on the
+    `(in, out)` axes. Leading axes not covered get block size 1.
+
+    Shapes that are not a multiple of the block: the last block along an
+    axis is smaller; it is scored over its real entries only and counts as
+    one block. Exactly `round(sparsity * number_of_blocks)` blocks are
+    pruned, so the entry sparsity is exact in whole blocks.
+
+    Args:
+        block_shape: tuple of positive ints, at most the weight's rank.
+        pooling: `"avg"` (default) or `"max"` of the scores in a block.
+
+    Raises:
+        ValueError: for a bad block shape or pooling; at build time, if a
+            block is larger than the weight or has more axes than it.
+    """
+
+    def __init__(self, block_shape: Sequence[int] = (1, 4), pooling: str = "avg"):
+        block_shape = tuple(block_shape)
+        if not block_shape or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block_shape
+        ):
+            raise ValueError(
+                f"BlockSparsity: `block_shape` must be a tuple of positive ints, got "
+                f"{block_shape!r}."
+            )
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"BlockSparsity: `pooling` must be 'avg' or 'max', got {pooling!r}.")
+        self.block_shape, self.pooling = block_shape, pooling
+
+    def _full_block(self, rank: int) -> tuple:
+        return (1,) * (rank - len(self.block_shape)) + self.block_shape
+
+    def check(self, layer, weight) -> None:
+        shape = tuple(weight.shape)
+        if len(self.block_shape) > len(shape):
+            raise ValueError(
+                f"BlockSparsity{self.block_shape} has {len(self.block_shape)} axes, but "
+                f"{_label(layer, weight)} has shape {shape}."
+            )
+        block = self._full_block(len(shape))
+        if any(b > s for b, s in zip(block, shape, strict=True)):
+            raise ValueError(
+                f"BlockSparsity{self.block_shape} is larger than {_label(layer, weight)} "
+                f"of shape {shape}."
+            )
+
+    def mask(self, scores, sparsity):
+        scores = tf.convert_to_tensor(scores, tf.float32)
+        shape = tuple(scores.shape)
+        block = self._full_block(len(shape))
+        blocks = [-(-s // b) for s, b in zip(shape, block, strict=True)]
+        pad = [[0, n * b - s] for s, b, n in zip(shape, block, blocks, strict=True)]
+        split = [d for n, b in zip(blocks, block, strict=True) for d in (n, b)]
+        inner = tuple(range(1, 2 * len(shape), 2))
+        padded = tf.reshape(tf.pad(scores, pad), split)
+        if self.pooling == "max":
+            pooled = tf.reduce_max(padded, axis=inner)
+        else:
+            real = tf.reshape(tf.pad(tf.ones_like(scores), pad), split)
+            pooled = tf.reduce_sum(padded, axis=inner) / tf.reduce_sum(real, axis=inner)
+        keep = Magnitude().mask(pooled, sparsity)
+        for axis, b in enumerate(block):
+            keep = tf.repeat(keep, b, axis=axis)
+        return tf.slice(keep, [0] * len(shape), shape)
+
+    def get_config(self) -> dict:
+        return {"block_shape": list(self.block_shape), "pooling": self.pooling}
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class NMSparsity(PruningPattern):
+    """N:M sparsity: at least `n` zeros in every group of `m` consecutive
+    entries along the input axis (2:4 is what sparse tensor cores run).
+
+    The pattern fixes the sparsity at `n / m`; the schedule decides when the
+    masks are recomputed (from `begin_step`, every `frequency` steps), and
+    nothing is pruned before `begin_step`. The masks are recomputed at each
+    update from the current scores, and saved and restored with the model.
+
+    Args:
+        n: zeros per group, `1 <= n < m`.
+        m: group size.
+        axis: the grouping axis; default: the input axis (0 for rank-2
+            kernels, -2 for conv kernels). The weight's length along it must
+            be a multiple of `m`.
+
+    Raises:
+        ValueError: if `n >= m` or either is not a positive int; at build
+            time, for a weight of rank < 2 or whose axis is not a multiple
+            of `m`.
+    """
+
+    def __init__(self, n: int = 2, m: int = 4, axis: int | None = None):
+        for name, value in (("n", n), ("m", m)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NMSparsity: `{name}` must be a positive int, got {value!r}.")
+        if n >= m:
+            raise ValueError(
+                f"NMSparsity: `n` ({n}) must be smaller than `m` ({m}); n zeros are "
+                "kept out of every m entries."
+            )
+        self.n, self.m, self.axis = n, m, axis
+
+    def _axis(self, rank: int) -> int:
+        axis = input_axis(rank) if self.axis is None else self.axis
+        return axis % rank
+
+    def check(self, layer, weight) -> None:
+        _check_rank(self, layer, weight, 2)
+        rank = len(weight.shape)
+        if self.axis is not None and not -rank <= self.axis < rank:
+            raise ValueError(
+                f"NMSparsity: axis {self.axis} is out of range for {_label(layer, weight)} "
+                f"of shape {tuple(weight.shape)}."
+            )
+        length = weight.shape[self._axis(rank)]
+        if length % self.m:
+            raise ValueError(
+                f"NMSparsity({self.n}, {self.m}): {_label(layer, weight)} has {length} "
+                f"entries along axis {self._axis(rank)}, not a multiple of {self.m}. "
+                "Exclude it or give it another pattern with a `prunemix.Rule`."
+            )
+
+    def mask(self, scores, sparsity=None):
+        del sparsity  # fixed at n / m
+        scores = tf.convert_to_tensor(scores, tf.float32)
+        rank = len(scores.shape)
+        axis = self._axis(rank)
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        moved = tf.transpose(scores, perm)
+        groups = tf.reshape(moved, [-1, self.m])
+        # The n lowest of each group; `top_k` breaks ties by lower index.
+        _, lowest = tf.math.top_k(-groups, k=self.n)
+        pruned = tf.reduce_sum(tf.one_hot(lowest, self.m, dtype=tf.int32), axis=-2) > 0
+        keep = tf.reshape(tf.logical_not(pruned), tf.shape(moved))
+        return tf.transpose(keep, tf.math.invert_permutation(perm))
+
+    def get_config(self) -> dict:
+        return {"n": self.n, "m": self.m, "axis": self.axis}
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class StructuredSparsity(PruningPattern):
+    """Prune whole output units / filters, or whole input channels.
+
+    Each unit is scored by the L1 or L2 norm of its scores (of `|w|` by
+    default) over all other axes; exactly `round(sparsity * units)` units of
+    lowest norm are zeroed.
+
+    Args:
+        axis: `"output"` (Dense units, Conv filters: axis -1), `"input"`
+            (axis 0 for rank-2 kernels, -2 for conv kernels), or an int.
+        norm: `"l1"` or `"l2"`.
+
+    Raises:
+        ValueError: for a bad axis or norm; at build time, for a weight of
+            rank < 2.
+    """
+
+    def __init__(self, axis: str | int = "output", norm: str = "l2"):
+        named = axis in ("output", "input")
+        if not named and (not isinstance(axis, int) or isinstance(axis, bool)):
+            raise ValueError(
+                f"StructuredSparsity: `axis` must be 'output', 'input' or an int, got {axis!r}."
+            )
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"StructuredSparsity: `norm` must be 'l1' or 'l2', got {norm!r}.")
+        self.axis, self.norm = axis, norm
+
+    def _axis(self, rank: int) -> int:
+        if self.axis == "output":
+            return rank - 1
+        if self.axis == "input":
+            return input_axis(rank) % rank
+        return self.axis % rank
+
+    def check(self, layer, weight) -> None:
+        _check_rank(self, layer, weight, 2)
+        rank = len(weight.shape)
+        if isinstance(self.axis, int) and not -rank <= self.axis < rank:
+            raise ValueError(
+                f"StructuredSparsity: axis {self.axis} is out of range for "
+                f"{_label(layer, weight)} of shape {tuple(weight.shape)}."
+            )
+
+    def mask(self, scores, sparsity):
+        scores = tf.convert_to_tensor(scores, tf.float32)
+        rank = len(scores.shape)
+        axis = self._axis(rank)
+        others = [a for a in range(rank) if a != axis]
+        if self.norm == "l1":
+            norms = tf.reduce_sum(tf.abs(scores), axis=others)
+        else:
+            norms = tf.sqrt(tf.reduce_sum(tf.square(scores), axis=others))
+        keep = Magnitude().mask(norms, sparsity)
+        shape = [1] * rank
+        shape[axis] = -1
+        return tf.broadcast_to(tf.reshape(keep, shape), tf.shape(scores))
+
+    def get_config(self) -> dict:
+        return {"axis": self.axis, "norm": self.norm}
+
+
+def global_masks(scores: list, sparsity, bounds: list) -> list:
+    """Keep-masks for weights sharing one threshold (`GlobalMagnitude`).
+
+    Exactly `round(sparsity * total)` entries are pruned over all `scores`,
+    the lowest first, while weight `i` loses between `bounds[i][0]` and
+    `bounds[i][1]` (fractions) of its entries. The total is clipped into what
+    the bounds allow.
+    """
+    sizes = [math.prod(s.shape) for s in scores]
+    flat = [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
+    k = masks.pruned_count(sparsity, sum(sizes))
+    bounded = any(b != (0.0, 1.0) for b in bounds)
+    if not bounded:
+        keep = masks.lowest_k_mask(tf.concat(flat, 0), k)
+        return [tf.reshape(m, s.shape) for m, s in zip(tf.split(keep, sizes), scores, strict=True)]
+    lows = [masks.pruned_count(lo, n) for (lo, _), n in zip(bounds, sizes, strict=True)]
+    highs = [masks.pruned_count(hi, n) for (_, hi), n in zip(bounds, sizes, strict=True)]
+    k = tf.clip_by_value(k, tf.add_n(lows), tf.add_n(highs))
+    forced, candidates = [], []
+    for f, lo, hi in zip(flat, lows, highs, strict=True):
+        must = tf.logical_not(masks.lowest_k_mask(f, lo))  # the lo lowest: pruned
+        may = tf.logical_not(masks.lowest_k_mask(f, hi))  # the hi lowest: allowed
+        forced.append(must)
+        candidates.append(
+            tf.where(tf.logical_and(may, tf.logical_not(must)), tf.abs(f), float("inf"))
+        )
+    chosen = masks.lowest_k_mask(tf.concat(candidates, 0), k - tf.add_n(lows))
+    out = []
+    for must, keep, s in zip(forced, tf.split(chosen, sizes), scores, strict=True):
+        out.append(tf.reshape(tf.logical_and(keep, tf.logical_not(must)), s.shape))
+    return out
+
+
+def get(identifier: Any) -> PruningPattern:
+    """A pattern from a pattern, `None` (Magnitude), a name or a config."""
+    if identifier is None:
+        return Magnitude()
+    if isinstance(identifier, PruningPattern):
+        return identifier
+    names = {
+        "magnitude": Magnitude, "global": GlobalMagnitude,
+        "block": BlockSparsity, "n:m": NMSparsity, "structured": StructuredSparsity,
+    }
+    if isinstance(identifier, str) and identifier.lower() in names:
+        return names[identifier.lower()]()
+    if isinstance(identifier, dict):
+        pattern = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(pattern, PruningPattern):
+            return pattern
+    raise TypeError(
+        f"Expected a pruning pattern (Magnitude, GlobalMagnitude, BlockSparsity, "
+        f"NMSparsity, StructuredSparsity) or one of {sorted(names)}, got {identifier!r}."
+    )
