@@ -59,9 +59,9 @@ def main(argv=None) -> list:
             if isinstance(pattern, prunemix.NMSparsity) and sparsity != 0.5:
                 continue  # 2:4 is 50% by construction
             keras.utils.set_random_seed(0)
-            stripped = prune_from(
+            stripped = prunemix.strip_pruning(prune_from(
                 dense, x_train, y_train, sparsity, prune_epochs, batch_size, policy(pattern)
-            )
+            ))
             report = prunemix.sparsity_report(stripped)
             pruned = [r for r in report if r.layer not in ("conv_in", "logits")]
             reached = sum(r.zeros for r in pruned) / sum(r.size for r in pruned)

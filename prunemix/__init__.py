@@ -14,6 +14,7 @@ from prunemix.export import (
     compressed_size,
     sparsity_report,
     strip_pruning,
+    to_tflite,
 )
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
 from prunemix.model import PrunedModel
@@ -27,6 +28,7 @@ from prunemix.patterns import (
 )
 from prunemix.policy import Rule
 from prunemix.prunable import PrunableMixin, prunable, prunable_weights_of
+from prunemix.prune import prune_model
 from prunemix.pruner import PrunedWeight, Pruner, find_prunable_weights
 from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 
@@ -55,7 +57,9 @@ __all__ = [
     "magnitude_mask",
     "prunable",
     "prunable_weights_of",
+    "prune_model",
     "pruned_count",
     "sparsity_report",
     "strip_pruning",
+    "to_tflite",
 ]

@@ -5,6 +5,8 @@ Keep this module small: each helper names the private attribute it relies on.
 
 from __future__ import annotations
 
+import contextlib
+
 
 def nested_layers(model) -> list:
     """All layers below `model`, depth first, each once.
@@ -32,6 +34,25 @@ def attach_after_build(layer, name: str, value) -> None:
             tracker.lock()
 
 
+@contextlib.contextmanager
+def hidden_layer(model, layer, attribute: str):
+    """Within the block, `layer` is neither in `model.layers` (`Layer._layers`)
+    nor at `model.<attribute>` (set to None, bypassing the tracker).
+
+    Used to load a dense model's weights file into a `PrunedModel`: Keras's
+    saving walks `model.layers` and every attribute, and the file has no
+    pruner.
+    """
+    index = next(i for i, other in enumerate(model._layers) if other is layer)
+    del model._layers[index]
+    object.__setattr__(model, attribute, None)
+    try:
+        yield
+    finally:
+        object.__setattr__(model, attribute, layer)
+        model._layers.insert(index, layer)
+
+
 def functional_class():
     """`keras.src.models.functional.Functional` (not exported by Keras 3)."""
     from keras.src.models.functional import Functional
@@ -46,4 +67,6 @@ def is_functional_call(args, kwargs) -> bool:
     return bool(functional_init_arguments(args, kwargs))
 
 
-__all__ = ["attach_after_build", "functional_class", "is_functional_call", "nested_layers"]
+__all__ = [
+    "attach_after_build",
+    "hidden_layer", "functional_class", "is_functional_call", "nested_layers"]

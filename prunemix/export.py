@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import tempfile
 
 import keras
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "compressed_size",
     "sparsity_report",
     "strip_pruning",
+    "to_tflite",
 ]
 
 
@@ -40,6 +42,22 @@ def _model_weights(model) -> list:
     pruner = model.pruner if isinstance(model, PrunedModel) else None
     skip = {id(v) for v in pruner.weights} if pruner is not None else set()
     return [v for v in model.weights if id(v) not in skip]
+
+
+def _call_once(model, build_config: dict) -> None:
+    """Runs a rebuilt subclassed model once on zeros of its recorded shapes,
+    as `model.export()` requires a model that has been called."""
+
+    def zeros(shape):
+        return keras.ops.zeros([1 if d is None else d for d in shape], dtype=model.input_dtype)
+
+    if "input_shape" in build_config:
+        model(keras.tree.map_shape_structure(zeros, build_config["input_shape"]))
+    elif "shapes_dict" in build_config:
+        model(**{
+            k.removesuffix("_shape"): keras.tree.map_shape_structure(zeros, v)
+            for k, v in build_config["shapes_dict"].items()
+        })
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:
@@ -73,7 +91,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     source = _model_weights(model)
     if isinstance(model, _keras_compat.functional_class()):
         config = model.get_config()
-        for key in ("pruning_schedule", "pruning_policy"):
+        for key in ("pruning_schedule", "pruning_policy", "prunemix_format"):
             config.pop(key, None)
         stripped = keras.Model.from_config(config)
     else:
@@ -83,6 +101,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             build_config = model.get_build_config()
             if build_config:
                 stripped.build_from_config(build_config)
+                _call_once(stripped, build_config)
         except (NotImplementedError, TypeError) as error:
             raise ValueError(
                 f"Cannot strip '{model.name}': {type(model).__name__} cannot be "
@@ -196,3 +215,37 @@ def compressed_size(model: keras.Model) -> int:
         for variable in _model_weights(model):
             f.write(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
     return buffer.tell()
+
+
+def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
+    """Converts a (pruned) model to a LiteRT / TFLite flatbuffer.
+
+    A `PrunedModel` is stripped first. The model is exported as a SavedModel
+    (`model.export`, the supported path from Keras 3) and converted with
+    `tf.lite.TFLiteConverter.from_saved_model`; with `sparse=True` the
+    converter's `EXPERIMENTAL_SPARSITY` optimization stores sparse weights
+    in a compressed format. Run the result with `tf.lite.Interpreter` or
+    `ai_edge_litert.interpreter.Interpreter` (LiteRT from PyPI).
+
+    Args:
+        model: a built Keras model.
+        sparse: whether to ask the converter for the sparse encoding.
+
+    Returns:
+        The `.tflite` file contents.
+
+    Example:
+
+    ```python
+    open("model.tflite", "wb").write(prunemix.to_tflite(model))
+    ```
+    """
+    import tensorflow as tf
+
+    model = strip_pruning(model)
+    with tempfile.TemporaryDirectory() as directory:
+        model.export(directory, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+        if sparse:
+            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        return converter.convert()

@@ -14,6 +14,29 @@ __all__ = ["PrunedModel"]
 
 Functional = _keras_compat.functional_class()
 
+# Layout of the pruning state in saved files (masks, step, sparsity in the
+# `pruner` layer). Bump when it changes; loading a newer layout is an error.
+FORMAT_VERSION = 1
+
+
+def _check_format(config: dict, what: str) -> dict:
+    version = config.get("prunemix_format", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{what} was saved with prunemix pruning-state format {version!r}; this "
+            f"prunemix reads format {FORMAT_VERSION} and older. Upgrade prunemix."
+        )
+    return {k: v for k, v in config.items() if k != "prunemix_format"}
+
+
+def _has_pruning_state(filepath) -> bool:
+    """Whether a `.weights.h5` file holds a `pruner` group anywhere."""
+    import h5py
+
+    found = []
+    with h5py.File(filepath, "r") as f:
+        f.visit(lambda name: found.append(name) if name.split("/")[-1] == "pruner" else None)
+    return bool(found)
 
 
 class PrunedModel(keras.Model):
@@ -176,20 +199,46 @@ class PrunedModel(keras.Model):
 
     def get_build_config(self):
         config = super().get_build_config()
-        if config is not None and self._prunemix_stripped:
-            # A stripped copy must reload without masks.
-            config = {**config, "prunemix_stripped": True}
+        if config is not None:
+            config = {**config, "prunemix_format": FORMAT_VERSION}
+            if self._prunemix_stripped:
+                # A stripped copy must reload without masks.
+                config["prunemix_stripped"] = True
         return config
 
     def build_from_config(self, config):
+        if config:
+            config = _check_format(config, f"Model '{self.name}'")
         if config and config.get("prunemix_stripped"):
             self._prunemix_stripped = True
             config = {k: v for k, v in config.items() if k != "prunemix_stripped"}
         super().build_from_config(config)
-        # Keras builds a subclassed model's layers here without always
-        # marking the model built; the masks must exist before weights load.
+        # Keras builds a subclassed model's layers here (by running `call`
+        # symbolically) without marking the model built, so `export()` would
+        # refuse it; the masks must also exist before weights load.
+        layers = _keras_compat.nested_layers(self)
+        if config and not self.built and layers and all(layer.built for layer in layers):
+            self.built = True
         if config and not self._prunemix_stripped:
             self.build_pruning()
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """`keras.Model.load_weights`, also from a dense model's weights file.
+
+        A `.weights.h5` file saved by the same model without pruning (a
+        plain `keras.Model` with the same layers) loads into the layers and
+        leaves the masks and pruning step as they are: the fine-tune-from-
+        pretrained path for subclassed models. A file that has pruning state
+        must match this model's masks exactly, or Keras raises.
+        """
+        if (
+            self._pruner is not None
+            and str(filepath).endswith(".weights.h5")
+            and not _has_pruning_state(filepath)
+        ):
+            with _keras_compat.hidden_layer(self, self._pruner, "_pruner"):
+                return super().load_weights(filepath, *args, **kwargs)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def make_train_function(self, force=False):
         # Without a distribution strategy Keras builds the model lazily, in
@@ -270,4 +319,10 @@ class FunctionalPrunedModel(Functional, PrunedModel):
                 self._pruning_schedule
             ),
             "pruning_policy": policy.serialize_policy(self._pruning_policy),
+            "prunemix_format": FORMAT_VERSION,
         }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = _check_format(config, f"Model '{config.get('name')}'")
+        return super().from_config(config, custom_objects=custom_objects)
