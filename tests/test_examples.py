@@ -6,8 +6,8 @@ from examples import prune_digits, prune_methods
 
 
 @pytest.mark.slow
-def test_prune_digits_runs_small():
-    rows = prune_digits.main(["--quick"])
+def test_prune_digits_runs_small(tmp_path):
+    rows = prune_digits.main(["--quick", "--save", str(tmp_path)])
     names = [row[0] for row in rows]
     assert names == ["dense", "90.0%", "95.0%"]
     for (_, reached, accuracy, size), target in zip(rows[1:], (0.9, 0.95), strict=True):
@@ -72,3 +72,33 @@ def test_tfmot_style_layer_example():
     assert [(r.weight, r.zeros) for r in report] == [
         ("u", round(0.5 * 64 * 16)), ("v", round(0.5 * 16 * 128)), ("kernel", 640)
     ]
+
+
+def test_gradient_saliency_example_prunes_by_its_score():
+    import keras
+    import numpy as np
+
+    from examples import gradient_saliency
+
+    results = gradient_saliency.main(["--quick"])
+    assert [round(s, 4) for s, _ in results.values()] == [0.95, 0.95]
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 64)).astype("float32"), rng.integers(0, 10, 64)
+    model = gradient_saliency.Classifier(prunemix.ConstantSparsity(0.6, frequency=2))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    # The saliency accumulated in train_step is non-zero where weights are kept.
+    for pruned, saliency in zip(model.pruner.pruned_weights, model.saliencies, strict=True):
+        assert np.all(saliency.numpy()[pruned.mask.numpy()] > 0)
+    # The masks follow the score, not |w|: give the kernels fresh weights and
+    # an unrelated saliency, and re-mask.
+    for pruned, saliency in zip(model.pruner.pruned_weights, model.saliencies, strict=True):
+        pruned.weight.assign(rng.normal(size=pruned.weight.shape).astype("float32"))
+        saliency.assign(rng.random(saliency.shape).astype("float32"))
+    model.pruner.update_masks()
+    for pruned, saliency in zip(model.pruner.pruned_weights, model.saliencies, strict=True):
+        count = round(0.6 * saliency.numpy().size)
+        expected = prunemix.lowest_k_mask(saliency, count).numpy()
+        np.testing.assert_array_equal(pruned.mask.numpy(), expected)
+        by_magnitude = prunemix.lowest_k_mask(pruned.weight, count).numpy()
+        assert (pruned.mask.numpy() != by_magnitude).mean() > 0.2
