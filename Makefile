@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.prunemix-installed
 
-.PHONY: digits test lint bench
+.PHONY: digits test lint bench results
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[examples,test]"
+	$(BIN)/python -m pip install --quiet -e ".[examples,plot,test]"
 	touch $(STAMP)
 
 digits: $(STAMP)  ## the main job: prune a CNN on scikit-learn's digits
@@ -21,3 +21,6 @@ test: $(STAMP)  ## lint, doctests of the pure modules, and the test suite
 
 bench: $(STAMP)  ## step-time overhead of pruning, pruned vs dense
 	$(BIN)/python bench/overhead.py
+
+results: $(STAMP)  ## both RFC-style tables (digits, seq2seq) and docs/sparsity_vs_accuracy.png
+	$(BIN)/python examples/rfc_results.py

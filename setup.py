@@ -20,6 +20,7 @@ setup(
     install_requires=["tensorflow>=2.16", "wrapt>=1.14"],
     extras_require={
         "examples": ["scikit-learn>=1.3"],
+        "plot": ["matplotlib>=3.7"],
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "scikit-learn>=1.3"],
     },
     license="Apache-2.0",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from prunemix.model import PrunedModel
 from prunemix.pruner import find_prunable_weights
 
 __all__ = ["prune_model"]
+
+_VALID_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 def _functional_copy(model: keras.Model):
@@ -88,6 +91,12 @@ def prune_model(
     if not model.built or not model.inputs:
         raise ValueError(
             f"Model '{model.name}' is not built; give it an `Input` or call it on data first."
+        )
+    if name is not None and not _VALID_NAME.match(name):
+        # TensorFlow would only reject it inside the first train step.
+        raise ValueError(
+            f"prune_model: name={name!r} is not a valid model name (letters, digits "
+            "and `_.-/>`, not starting with `_`, `-`, `/` or `>`)."
         )
     rules = policy.get_policy(pruning_policy)
     inputs, outputs = _functional_copy(model)

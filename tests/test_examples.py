@@ -102,3 +102,17 @@ def test_gradient_saliency_example_prunes_by_its_score():
         np.testing.assert_array_equal(pruned.mask.numpy(), expected)
         by_magnitude = prunemix.lowest_k_mask(pruned.weight, count).numpy()
         assert (pruned.mask.numpy() != by_magnitude).mean() > 0.2
+
+
+@pytest.mark.slow
+def test_rfc_results_regenerates_both_tables_and_the_plot(tmp_path):
+    from examples import rfc_results
+
+    out = rfc_results.main(["--quick", "--png", str(tmp_path / "plot.png"),
+                            "--save", str(tmp_path)])
+    assert [row[0] for row in out["vision"]] == ["dense", "90.0%", "95.0%"]
+    assert [row[0] for row in out["sequence"]] == ["dense", "90%"]
+    assert out["sequence"][1][1] == pytest.approx(0.9, abs=1e-3)
+    assert all(0.0 <= row[2] <= 1.0 for row in out["sequence"])
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "digits_pruned_90.keras").exists()

@@ -229,6 +229,9 @@ def test_prune_model_errors():
     with pytest.raises(ValueError, match="selects no prunable weight .* hidden, out"):
         prunemix.prune_model(pretrained("functional"), prunemix.ConstantSparsity(0.5),
                              layers=[keras.layers.Conv2D])
+    with pytest.raises(ValueError, match="name='digits 90%' is not a valid model name"):
+        prunemix.prune_model(pretrained("functional"), prunemix.ConstantSparsity(0.5),
+                             name="digits 90%")
     with pytest.raises(ValueError, match="already a PrunedModel"):
         prunemix.prune_model(functional_model(), prunemix.ConstantSparsity(0.5))
 
