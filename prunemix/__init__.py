@@ -31,6 +31,7 @@ from prunemix.prunable import PrunableMixin, prunable, prunable_weights_of
 from prunemix.prune import prune_model
 from prunemix.pruner import PrunedWeight, Pruner, find_prunable_weights
 from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from prunemix.shrink import shrink_dense
 
 __all__ = [
     "BlockSparsity",
@@ -59,6 +60,7 @@ __all__ = [
     "prunable_weights_of",
     "prune_model",
     "pruned_count",
+    "shrink_dense",
     "sparsity_report",
     "strip_pruning",
     "to_tflite",

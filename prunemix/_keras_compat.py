@@ -53,6 +53,11 @@ def hidden_layer(model, layer, attribute: str):
         model._layers.insert(index, layer)
 
 
+def inbound_count(layer) -> int:
+    """How many times `layer` is called in functional graphs (`_inbound_nodes`)."""
+    return len(layer._inbound_nodes)
+
+
 def functional_class():
     """`keras.src.models.functional.Functional` (not exported by Keras 3)."""
     from keras.src.models.functional import Functional
@@ -69,4 +74,5 @@ def is_functional_call(args, kwargs) -> bool:
 
 __all__ = [
     "attach_after_build",
-    "hidden_layer", "functional_class", "is_functional_call", "nested_layers"]
+    "hidden_layer",
+    "inbound_count", "functional_class", "is_functional_call", "nested_layers"]
