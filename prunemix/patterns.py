@@ -205,8 +205,10 @@ class BlockSparsity(PruningPattern):
 
 @keras.saving.register_keras_serializable(package="prunemix")
 class NMSparsity(PruningPattern):
-    """N:M sparsity: at least `n` zeros in every group of `m` consecutive
-    entries along the input axis (2:4 is what sparse tensor cores run).
+    """N:M sparsity: `n` zeros in every group of `m` along the input axis.
+
+    Groups are `m` consecutive entries along the input axis (2:4 is what
+    sparse tensor cores run).
 
     The pattern fixes the sparsity at `n / m`; the schedule decides when the
     masks are recomputed (from `begin_step`, every `frequency` steps), and

@@ -19,8 +19,10 @@ __all__ = ["Pruner", "PrunedWeight"]
 
 
 class PrunedWeight:
-    """One pruned weight: its layer, the variable, its bool mask, a path, and
-    how it is pruned (`schedule`, `pattern`, `score`, sparsity `bounds`)."""
+    """One pruned weight: its layer, variable, bool mask, path, and how it is pruned.
+
+    How: `schedule`, `pattern`, `score` (None: `|w|`) and sparsity `bounds`.
+    """
 
     __slots__ = ("layer", "weight", "mask", "path", "schedule", "pattern", "score", "bounds")
 
