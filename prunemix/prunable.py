@@ -86,12 +86,17 @@ class PrunableMixin:
     """
 
     prunable_weights: Sequence[str] = ()
+    #: Default sparsity pattern for this class (None: `Magnitude()`); a
+    #: `prunemix.Rule` with its own `pattern=` overrides it.
+    pruning_pattern = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         names = cls.__dict__.get("prunable_weights")
         if names is not None:
             cls.prunable_weights = _check_names(names, cls)
+        if cls.__dict__.get("pruning_pattern") is not None:
+            cls.pruning_pattern = _check_pattern(cls.__dict__["pruning_pattern"], cls)
         if "build" in cls.__dict__:
             cls.build = _validate_after_build(cls.__dict__["build"])
 
@@ -126,6 +131,16 @@ def _check_names(names: Any, where) -> tuple:
     return names
 
 
+def _check_pattern(pattern: Any, where):
+    from prunemix import patterns
+
+    try:
+        return patterns.get(pattern)
+    except TypeError as error:
+        raise TypeError(f"Bad `pruning_pattern` for {getattr(where, '__name__', where)}: {error}") \
+            from None
+
+
 @wrapt.decorator
 def _validate_after_build(wrapped, instance, args, kwargs):
     result = wrapped(*args, **kwargs)
@@ -137,7 +152,7 @@ def _validate_after_build(wrapped, instance, args, kwargs):
     return result
 
 
-def prunable(*weight_names: str) -> Callable[[type], type]:
+def prunable(*weight_names: str, pattern: Any = None) -> Callable[[type], type]:
     """Class decorator: declares which weights of a Keras layer class to prune.
 
     The same as mixing in `PrunableMixin` with `prunable_weights =
@@ -150,6 +165,9 @@ def prunable(*weight_names: str) -> Callable[[type], type]:
     Args:
         *weight_names: attribute names of the weights, e.g. `"kernel"`; a
             dotted name such as `"proj.kernel"` reaches into a sublayer.
+        pattern: optional default sparsity pattern for the class (e.g.
+            `prunemix.NMSparsity(2, 4)`); a policy `Rule` with its own
+            `pattern=` overrides it. Default: `Magnitude()`.
 
     Returns:
         A decorator that returns the class it is given.
@@ -180,6 +198,7 @@ def prunable(*weight_names: str) -> Callable[[type], type]:
     if not weight_names:
         raise TypeError("`@prunable()` needs at least one weight name, e.g. 'kernel'.")
     names = _check_names(weight_names, "@prunable(...)")
+    default = None if pattern is None else _check_pattern(pattern, "@prunable(...)")
 
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
@@ -199,6 +218,8 @@ def prunable(*weight_names: str) -> Callable[[type], type]:
                 "prunable already, `@prunable` would override it."
             )
         cls.prunable_weights = names
+        if default is not None:
+            cls.pruning_pattern = default
         if not issubclass(cls, PrunableMixin):
             cls.get_prunable_weights = PrunableMixin.get_prunable_weights
         setattr(cls, _DECLARED, True)

@@ -127,7 +127,7 @@ class Pruner(keras.layers.Layer):
                 "`PrunableMixin`, `@prunable(...)` or `get_prunable_weights()`."
             )
         chosen = self._apply_policy(model, pairs)
-        for layer, weight, rule in chosen:
+        for layer, weight, rule, pattern in chosen:
             mask = self.add_weight(
                 name=f"{weight.name}_mask",
                 shape=weight.shape,
@@ -140,7 +140,7 @@ class Pruner(keras.layers.Layer):
                 PrunedWeight(
                     layer, weight, mask, weight.path,
                     schedule=rule.schedule_for(self.pruning_schedule),
-                    pattern=rule.pattern, score=rule.score,
+                    pattern=pattern, score=rule.score,
                     bounds=(rule.min_sparsity, rule.max_sparsity),
                 )
             )
@@ -157,7 +157,7 @@ class Pruner(keras.layers.Layer):
         return self
 
     def _apply_policy(self, model, pairs) -> list:
-        """`(layer, weight, rule)` for every weight the policy prunes."""
+        """`(layer, weight, rule, pattern)` for every weight the policy prunes."""
         rules = self.pruning_policy
         used = [False] * len(rules)
         chosen = []
@@ -170,8 +170,11 @@ class Pruner(keras.layers.Layer):
             rule = rule or policy.Rule()
             if rule.exclude:
                 continue
-            (rule.pattern or patterns.Magnitude()).check(layer, weight)
-            chosen.append((layer, weight, rule))
+            # The rule's pattern, else the layer class's default, else Magnitude.
+            pattern = rule.pattern or getattr(layer, "pruning_pattern", None)
+            pattern = patterns.get(pattern)
+            pattern.check(layer, weight)
+            chosen.append((layer, weight, rule, pattern))
         for i, rule in enumerate(rules):
             if not used[i]:
                 layers = ", ".join(sorted({layer.path or layer.name for layer, _ in pairs}))

@@ -429,3 +429,46 @@ def test_shrink_dense_needs_a_chain():
     outputs = keras.layers.Dense(2)(keras.layers.Add()([a, inputs]))
     with pytest.raises(ValueError, match="not a chain of layers .* 'add'"):
         prunemix.shrink_dense(keras.Model(inputs, outputs))
+
+
+# -- per-class default patterns (decorator and mixin) -------------------------------
+
+
+@prunemix.prunable("kernel", pattern=prunemix.NMSparsity(2, 4))
+class NMDense(keras.layers.Dense):
+    pass
+
+
+class BlockDense(prunemix.PrunableMixin, keras.layers.Dense):
+    prunable_weights = ("kernel",)
+    pruning_pattern = prunemix.BlockSparsity((1, 4))
+
+
+def test_layer_classes_carry_default_patterns():
+    inputs = keras.Input((8,))
+    x = NMDense(8, name="nm")(inputs)
+    x = BlockDense(8, name="block")(x)
+    x = NMDense(8, name="overridden")(x)
+    model = prunemix.PrunedModel(
+        inputs, keras.layers.Dense(4, name="plain")(x),
+        pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1),
+        pruning_policy=[prunemix.Rule("overridden", pattern=prunemix.Magnitude())],
+    )
+    patterns = {p.layer.name: p.pattern for p in model.pruner.pruned_weights}
+    assert patterns == {"nm": prunemix.NMSparsity(2, 4), "block": prunemix.BlockSparsity((1, 4)),
+                        "overridden": prunemix.Magnitude(), "plain": prunemix.Magnitude()}
+    model.pruner.update_masks(1)
+    assert_n_of_m(masks_of(model)["nm"], 2, 4, axis=0)
+    block = masks_of(model)["block"].reshape(8, 2, 4)
+    assert np.all(block.all(-1) | ~block.any(-1))
+
+
+def test_bad_default_pattern_is_an_error_at_class_creation():
+    with pytest.raises(TypeError, match="pruning_pattern"):
+        @prunemix.prunable("kernel", pattern="diagonal")
+        class Bad(keras.layers.Dense):
+            pass
+    with pytest.raises(TypeError, match="Bad `pruning_pattern` for BadMixin"):
+        class BadMixin(prunemix.PrunableMixin, keras.layers.Dense):
+            prunable_weights = ("kernel",)
+            pruning_pattern = 3
