@@ -127,6 +127,15 @@ def _check_rank(pattern, layer, weight, minimum: int) -> None:
         )
 
 
+def _check_axis(pattern, axis: int, layer, weight) -> None:
+    rank = len(weight.shape)
+    if not -rank <= axis < rank:
+        raise ValueError(
+            f"{type(pattern).__name__}: axis {axis} is out of range for "
+            f"{_label(layer, weight)} of shape {tuple(weight.shape)}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="prunemix")
 class BlockSparsity(PruningPattern):
     """Prune whole blocks of entries, scored by the average or max |w|.
@@ -246,11 +255,8 @@ class NMSparsity(PruningPattern):
     def check(self, layer, weight) -> None:
         _check_rank(self, layer, weight, 2)
         rank = len(weight.shape)
-        if self.axis is not None and not -rank <= self.axis < rank:
-            raise ValueError(
-                f"NMSparsity: axis {self.axis} is out of range for {_label(layer, weight)} "
-                f"of shape {tuple(weight.shape)}."
-            )
+        if self.axis is not None:
+            _check_axis(self, self.axis, layer, weight)
         length = weight.shape[self._axis(rank)]
         if length % self.m:
             raise ValueError(
@@ -314,12 +320,8 @@ class StructuredSparsity(PruningPattern):
 
     def check(self, layer, weight) -> None:
         _check_rank(self, layer, weight, 2)
-        rank = len(weight.shape)
-        if isinstance(self.axis, int) and not -rank <= self.axis < rank:
-            raise ValueError(
-                f"StructuredSparsity: axis {self.axis} is out of range for "
-                f"{_label(layer, weight)} of shape {tuple(weight.shape)}."
-            )
+        if isinstance(self.axis, int):
+            _check_axis(self, self.axis, layer, weight)
 
     def mask(self, scores, sparsity):
         scores = tf.convert_to_tensor(scores, tf.float32)
