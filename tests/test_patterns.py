@@ -268,6 +268,8 @@ def test_n_of_m_errors():
         prunemix.NMSparsity(4, 4)
     with pytest.raises(ValueError, match="positive int"):
         prunemix.NMSparsity(0, 4)
+    with pytest.raises(ValueError, match="NMSparsity: axis 5 is out of range for weight"):
+        convnet([prunemix.Rule("head", pattern=prunemix.NMSparsity(2, 4, axis=5))])
     with pytest.raises(ValueError, match="'.*head/kernel' .* 16 entries along axis 0, not a "
                                          "multiple of 5"):
         convnet([prunemix.Rule("head", pattern=prunemix.NMSparsity(2, 5))])
