@@ -53,3 +53,17 @@ def test_epoch_frequency_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="PrunedModel"):
         plain.fit(X, np.zeros((64, 3)), verbose=0,
                   callbacks=[prunemix.PruningSummaries(tmp_path)])
+
+
+def test_weights_with_their_own_schedule_get_their_own_target(tmp_path):
+    model = compiled(MLP(pruning_policy=[prunemix.Rule("*dense_1*", final_sparsity=0.4)]), {})
+    model.fit(X, Y, batch_size=16, epochs=3, verbose=0,
+              callbacks=[prunemix.PruningSummaries(tmp_path)])
+    scalars = read_scalars(tmp_path)
+    own = [p for p in model.pruner.pruned_weights if p.schedule is not model.pruning_schedule]
+    assert len(own) == 1
+    recorded = dict(scalars[f"pruning/{own[0].path}/target_sparsity"])
+    assert recorded[12] == pytest.approx(0.4)
+    assert dict(scalars["pruning/target_sparsity"])[12] == pytest.approx(0.8)
+    assert not any(k.endswith("target_sparsity") and k != "pruning/target_sparsity"
+                   and own[0].path not in k for k in scalars)
