@@ -10,7 +10,6 @@ import argparse
 import importlib
 import os
 import sys
-import zipfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -23,18 +22,15 @@ class CliError(Exception):
 
 
 def _load(path: str):
-    import keras
+    from prunemix.export import load_model
 
-    if not os.path.exists(path):
-        raise CliError(f"no such file: {path}", 2)
-    if not zipfile.is_zipfile(path):
-        raise CliError(
-            f"{path} is not a Keras model file: a `.keras` file is a zip archive "
-            "(truncated or not written by `model.save`)", 2
-        )
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
+        return load_model(path, compile=False)
+    except FileNotFoundError:
+        raise CliError(f"no such file: {path}", 2) from None
+    except ValueError as error:
+        raise CliError(str(error), 2) from None
+    except Exception as error:  # noqa: BLE001 - any other load failure is reported the same way
         raise CliError(f"cannot load {path} as a Keras model: {error}", 2) from error
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import os
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -18,6 +20,7 @@ __all__ = [
     "SparsityReport",
     "WeightSparsity",
     "compressed_size",
+    "load_model",
     "sparsity_report",
     "strip_pruning",
     "to_tflite",
@@ -249,3 +252,52 @@ def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
         if sparse:
             converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         return converter.convert()
+
+
+def load_model(filepath, **kwargs) -> keras.Model:
+    """`keras.saving.load_model` with clear errors for files that are not models.
+
+    Keras reports a truncated `.keras` file as "File not found"; this checks
+    the file first, then loads it with Keras (prunemix's classes are
+    registered, so `keras.saving.load_model` itself works on good files).
+
+    Args:
+        filepath: path to a `.keras` file.
+        **kwargs: passed to `keras.saving.load_model` (`compile`,
+            `custom_objects`, `safe_mode`).
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if the file is not a complete `.keras` archive (not a
+            zip, truncated, or without `config.json`), or was saved with a
+            newer prunemix layout.
+
+    Example:
+
+    ```python
+    model = prunemix.load_model("pruned.keras")
+    ```
+    """
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file: {path}")
+    problem = None
+    if not zipfile.is_zipfile(path):
+        problem = "it is not a zip archive (truncated, or not written by `model.save`)"
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                bad = archive.testzip()
+            if bad is not None:
+                problem = f"its member {bad!r} is corrupt (truncated or damaged)"
+            elif "config.json" not in names:
+                problem = "it has no config.json (not written by `model.save`)"
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            problem = f"it cannot be read as a zip archive ({error})"
+    if problem:
+        raise ValueError(f"{path} is not a complete Keras model file: {problem}.")
+    return keras.saving.load_model(path, **kwargs)
