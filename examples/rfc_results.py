@@ -7,7 +7,7 @@ digit sequences, dense vs 80/85/90 %, the RFC's GNMT sparsities;
 `prune_seq2seq.py`). Writes the plot to `docs/sparsity_vs_accuracy.png`
 when matplotlib is installed (`pip install prunemix[plot]`).
 
-    python examples/rfc_results.py            # about 10 minutes on 2 cores
+    python examples/rfc_results.py            # about 7 minutes on 2 cores
     python examples/rfc_results.py --quick    # a smoke run for tests
 """
 
