@@ -308,22 +308,28 @@ class Pruner(keras.layers.Layer):
     def _apply(self, advance, distributed: bool):
         self.pruning_step.assign_add(ops.cast(advance, "int64"))
         step = ops.convert_to_tensor(self.pruning_step)
-        updated = []
-        for schedule, group in self._groups:
-            updated.append(
-                ops.cond(
-                    ops.logical_and(advance, schedule.should_prune(step)),
-                    lambda schedule=schedule, group=group: self._update_group(
-                        schedule, group, step
-                    ),
-                    lambda: ops.convert_to_tensor(False),
-                )
-            )
-        sparsity = ops.cond(
-            ops.any(ops.stack(updated)),
-            self._recount,
-            lambda: ops.convert_to_tensor(self.sparsity),
-        )
+        dues = [
+            ops.logical_and(advance, schedule.should_prune(step)) for schedule, _ in self._groups
+        ]
+
+        def update():
+            # One `cond` per step in the common one-schedule case (each cond
+            # costs a function call on CPU); nested ones only when due.
+            if len(self._groups) == 1:
+                self._update_group(*self._groups[0], step)
+            else:
+                for due, (schedule, group) in zip(dues, self._groups, strict=True):
+                    ops.cond(
+                        due,
+                        lambda schedule=schedule, group=group: self._update_group(
+                            schedule, group, step
+                        ),
+                        lambda: ops.convert_to_tensor(False),
+                    )
+            return self._recount()
+
+        any_due = dues[0] if len(dues) == 1 else ops.any(ops.stack(dues))
+        sparsity = ops.cond(any_due, update, lambda: ops.convert_to_tensor(self.sparsity))
         if distributed:
             self._apply_masks()
         else:
