@@ -61,7 +61,9 @@ class PruningPattern:
     """Base class: a rule that turns scores and a sparsity into a keep-mask.
 
     Subclasses implement `mask(scores, sparsity)`, and `check(layer, weight)`
-    to reject weights they cannot handle (called at build time).
+    to reject weights they cannot handle (called at build time). Entries are
+    ranked by `|scores|`. `mask_and_count` also returns how many entries the
+    mask prunes; the built-in patterns know it without a pass over the mask.
     """
 
     #: Whether all weights using the pattern share one threshold.
@@ -72,7 +74,14 @@ class PruningPattern:
 
     def mask(self, scores, sparsity):
         """Keep-mask (bool, shaped like `scores`) for a target `sparsity`."""
-        raise NotImplementedError
+        return self.mask_and_count(scores, sparsity)[0]
+
+    def mask_and_count(self, scores, sparsity):
+        """`(keep_mask, number of pruned entries as an int32 scalar)`."""
+        if type(self).mask is PruningPattern.mask:
+            raise NotImplementedError(f"{type(self).__name__} must implement `mask()`.")
+        keep = self.mask(scores, sparsity)
+        return keep, tf.reduce_sum(tf.cast(tf.logical_not(keep), tf.int32))
 
     def get_config(self) -> dict:
         return {}
@@ -99,9 +108,10 @@ class Magnitude(PruningPattern):
     Each weight gets exactly `round(sparsity * size)` zeros.
     """
 
-    def mask(self, scores, sparsity):
+    def mask_and_count(self, scores, sparsity):
         scores = tf.convert_to_tensor(scores)
-        return masks.lowest_k_mask(scores, masks.pruned_count(sparsity, tf.size(scores)))
+        count = masks.pruned_count(sparsity, tf.size(scores))
+        return masks.lowest_k_mask(scores, count), count
 
 
 @keras.saving.register_keras_serializable(package="prunemix")
@@ -189,8 +199,8 @@ class BlockSparsity(PruningPattern):
                 f"of shape {shape}."
             )
 
-    def mask(self, scores, sparsity):
-        scores = tf.convert_to_tensor(scores, tf.float32)
+    def mask_and_count(self, scores, sparsity):
+        scores = tf.abs(tf.convert_to_tensor(scores, tf.float32))
         shape = tuple(scores.shape)
         block = self._full_block(len(shape))
         blocks = [-(-s // b) for s, b in zip(shape, block, strict=True)]
@@ -198,15 +208,18 @@ class BlockSparsity(PruningPattern):
         split = [d for n, b in zip(blocks, block, strict=True) for d in (n, b)]
         inner = tuple(range(1, 2 * len(shape), 2))
         padded = tf.reshape(tf.pad(scores, pad), split)
+        # Entries per block (edge blocks are smaller): a small tensor.
+        real = tf.reduce_sum(tf.reshape(tf.pad(tf.ones_like(scores), pad), split), axis=inner)
         if self.pooling == "max":
             pooled = tf.reduce_max(padded, axis=inner)
         else:
-            real = tf.reshape(tf.pad(tf.ones_like(scores), pad), split)
-            pooled = tf.reduce_sum(padded, axis=inner) / tf.reduce_sum(real, axis=inner)
-        keep = Magnitude().mask(pooled, sparsity)
+            pooled = tf.reduce_sum(padded, axis=inner) / real
+        keep_blocks = Magnitude().mask(pooled, sparsity)
+        count = tf.cast(tf.reduce_sum(tf.where(keep_blocks, 0.0, real)), tf.int32)
+        keep = keep_blocks
         for axis, b in enumerate(block):
             keep = tf.repeat(keep, b, axis=axis)
-        return tf.slice(keep, [0] * len(shape), shape)
+        return tf.slice(keep, [0] * len(shape), shape), count
 
     def get_config(self) -> dict:
         return {"block_shape": list(self.block_shape), "pooling": self.pooling}
@@ -265,9 +278,9 @@ class NMSparsity(PruningPattern):
                 "Exclude it or give it another pattern with a `prunemix.Rule`."
             )
 
-    def mask(self, scores, sparsity=None):
+    def mask_and_count(self, scores, sparsity=None):
         del sparsity  # fixed at n / m
-        scores = tf.convert_to_tensor(scores, tf.float32)
+        scores = tf.abs(tf.convert_to_tensor(scores, tf.float32))
         rank = len(scores.shape)
         axis = self._axis(rank)
         perm = [a for a in range(rank) if a != axis] + [axis]
@@ -277,7 +290,8 @@ class NMSparsity(PruningPattern):
         _, lowest = tf.math.top_k(-groups, k=self.n)
         pruned = tf.reduce_sum(tf.one_hot(lowest, self.m, dtype=tf.int32), axis=-2) > 0
         keep = tf.reshape(tf.logical_not(pruned), tf.shape(moved))
-        return tf.transpose(keep, tf.math.invert_permutation(perm))
+        count = tf.constant(math.prod(scores.shape) // self.m * self.n, tf.int32)
+        return tf.transpose(keep, tf.math.invert_permutation(perm)), count
 
     def get_config(self) -> dict:
         return {"n": self.n, "m": self.m, "axis": self.axis}
@@ -323,7 +337,7 @@ class StructuredSparsity(PruningPattern):
         if isinstance(self.axis, int):
             _check_axis(self, self.axis, layer, weight)
 
-    def mask(self, scores, sparsity):
+    def mask_and_count(self, scores, sparsity):
         scores = tf.convert_to_tensor(scores, tf.float32)
         rank = len(scores.shape)
         axis = self._axis(rank)
@@ -332,10 +346,11 @@ class StructuredSparsity(PruningPattern):
             norms = tf.reduce_sum(tf.abs(scores), axis=others)
         else:
             norms = tf.sqrt(tf.reduce_sum(tf.square(scores), axis=others))
-        keep = Magnitude().mask(norms, sparsity)
+        keep, units = Magnitude().mask_and_count(norms, sparsity)
         shape = [1] * rank
         shape[axis] = -1
-        return tf.broadcast_to(tf.reshape(keep, shape), tf.shape(scores))
+        per_unit = math.prod(scores.shape) // scores.shape[axis]
+        return tf.broadcast_to(tf.reshape(keep, shape), tf.shape(scores)), units * per_unit
 
     def get_config(self) -> dict:
         return {"axis": self.axis, "norm": self.norm}

@@ -34,9 +34,10 @@ class PrunedWeight:
         self.score, self.bounds = score, tuple(bounds)
 
     def scores(self):
-        """Importance of each entry: `|score(self)|`, or `|w|` by default."""
+        """Importance of each entry (patterns rank by `|scores|`): `score(self)`,
+        or the weight itself by default."""
         value = self.weight if self.score is None else self.score(self)
-        return ops.abs(ops.cast(value, "float32"))
+        return ops.cast(value, "float32")
 
     def __repr__(self) -> str:
         return f"PrunedWeight({self.path!r}, shape={tuple(self.weight.shape)})"
@@ -64,6 +65,7 @@ class Pruner(keras.layers.Layer):
 
     State (all non-trainable, saved with the model):
     - one `bool` mask per pruned weight (1 byte per weight);
+    - `pruned_counts` (int64, one per pruned weight): zeros in each mask;
     - `pruning_step` (int64): how many times `apply()` ran, i.e. optimizer
       updates seen;
     - `sparsity` (float32): fraction of pruned entries over all pruned
@@ -153,6 +155,13 @@ class Pruner(keras.layers.Layer):
             name="sparsity", shape=(), dtype="float32", initializer="zeros",
             trainable=False, aggregation="only_first_replica",
         )
+        # Pruned entries per weight, as the patterns report them: the overall
+        # sparsity without a pass over every mask.
+        self.pruned_counts = self.add_weight(
+            name="pruned_counts", shape=(len(self.pruned_weights),), dtype="int64",
+            initializer="zeros", trainable=False, aggregation="only_first_replica",
+        )
+        self._index = {id(p): i for i, p in enumerate(self.pruned_weights)}
         self.built = True
         return self
 
@@ -230,32 +239,39 @@ class Pruner(keras.layers.Layer):
 
     def _update_group(self, schedule, group, step):
         target = schedule(step)
+        updates = []  # (pruned weight, keep mask, pruned count)
         pooled = [p for p in group if p.pattern.is_global]
         if pooled:
             new = patterns.global_masks(
                 [p.scores() for p in pooled], target, [p.bounds for p in pooled]
             )
-            for pruned_weight, mask in zip(pooled, new, strict=True):
-                pruned_weight.mask.assign(mask)
+            for pruned_weight, keep in zip(pooled, new, strict=True):
+                count = ops.sum(ops.cast(ops.logical_not(keep), "int32"))
+                updates.append((pruned_weight, keep, count))
         for pruned_weight in group:
             if pruned_weight.pattern.is_global:
                 continue
             low, high = pruned_weight.bounds
             sparsity = ops.clip(target, low, high)
-            mask = pruned_weight.pattern.mask(pruned_weight.scores(), sparsity)
+            keep, count = pruned_weight.pattern.mask_and_count(pruned_weight.scores(), sparsity)
             if isinstance(pruned_weight.pattern, patterns.NMSparsity):
-                mask = ops.logical_or(mask, ops.less_equal(target, 0.0))
-            pruned_weight.mask.assign(mask)
+                # A fixed pattern: nothing is pruned while the target is 0.
+                off = ops.less_equal(target, 0.0)
+                keep = ops.logical_or(keep, off)
+                count = ops.where(off, 0, count)
+            updates.append((pruned_weight, keep, count))
+        for pruned_weight, keep, _ in updates:
+            pruned_weight.mask.assign(keep)
+        self.pruned_counts.assign(tf.tensor_scatter_nd_update(
+            ops.convert_to_tensor(self.pruned_counts),
+            [[self._index[id(p)]] for p, _, _ in updates],
+            ops.stack([ops.cast(count, "int64") for _, _, count in updates]),
+        ))
         return ops.convert_to_tensor(True)
 
     def _recount(self):
-        pruned = ops.convert_to_tensor(0.0, dtype="float64")
-        total = 0
-        for pruned_weight in self.pruned_weights:
-            kept = ops.sum(ops.cast(pruned_weight.mask, "float64"))
-            size = math.prod(pruned_weight.weight.shape)
-            pruned = pruned + (size - kept)
-            total += size
+        total = sum(math.prod(p.weight.shape) for p in self.pruned_weights)
+        pruned = ops.sum(ops.cast(self.pruned_counts, "float64"))
         self.sparsity.assign(ops.cast(pruned / total, "float32"))
         return ops.convert_to_tensor(self.sparsity)
 

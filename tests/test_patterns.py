@@ -179,7 +179,9 @@ def test_global_pool_needs_one_schedule():
 def test_block_pruning_zeroes_whole_blocks_on_any_rank(pooling):
     weight = RNG.normal(size=(3, 3, 6, 10)).astype("float32")  # 6x10 not divisible by 4x4
     pattern = prunemix.BlockSparsity((4, 4), pooling)
-    keep = pattern.mask(np.abs(weight), 0.5).numpy()
+    keep, count = pattern.mask_and_count(weight, 0.5)  # signed scores rank by |w|
+    keep = keep.numpy()
+    assert int(count) == int((~keep).sum())  # edge blocks counted by their real size
     blocks = keep.reshape(3, 3, 6, 10)
     n_blocks = 3 * 3 * 2 * 3
     pruned_blocks = 0
@@ -392,6 +394,11 @@ def test_one_trace_per_fit_and_apply_pruning(pattern):
             pattern == "global"
         )
     assert_zeros_follow_masks(model)
+    # The counts each pattern reports (no pass over the masks) are the masks' zeros.
+    counts = model.pruner.pruned_counts.numpy().tolist()
+    assert counts == [int((~p.mask.numpy()).sum()) for p in model.pruner.pruned_weights]
+    total = sum(math.prod(p.weight.shape) for p in model.pruner.pruned_weights)
+    assert float(model.pruner.sparsity.numpy()) == pytest.approx(sum(counts) / total)
 
 
 # -- shrinking whole pruned units --------------------------------------------------
