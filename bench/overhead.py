@@ -144,7 +144,7 @@ def run_case(name, graph_fn, batch_size, steps, rounds, strategy):
     print(f"    wall ratios: {' '.join(f'{r:.3f}' for r in wall)}")
     print(f"    CPU ratios:  {' '.join(f'{r:.3f}' for r in cpu)}")
     print(f"  pruning state: {state_bytes / pruned_count:.4f} bytes per pruned weight "
-          f"({pruned_count} weights)")
+          f"({pruned_count} weights; {state_bytes - pruned_count} bytes besides the masks)")
     print(f"  predict graph ops: dense {predict_ops(dense, shape)}, "
           f"pruned {predict_ops(pruned, shape)}")
     print(f"  one mask update: radix select {update['radix']:.1f} ms, full sort "
