@@ -53,7 +53,7 @@ def main(argv=None) -> list:
     x_train, x_test, y_train, y_test = load_data()
     dense = compile_model(keras.Model(*cnn_graph()), 1e-3)
     dense.fit(x_train, y_train, batch_size=batch_size, epochs=dense_epochs, verbose=0)
-    rows = [("dense", "-", 0.0, accuracy(dense, x_test, y_test))]
+    rows = [("dense", "-", 0.0, accuracy(dense, x_test, y_test), "-")]
     for sparsity in sparsities:
         for name, pattern in METHODS.items():
             if isinstance(pattern, prunemix.NMSparsity) and sparsity != 0.5:
@@ -65,12 +65,14 @@ def main(argv=None) -> list:
             report = prunemix.sparsity_report(stripped)
             pruned = [r for r in report if r.layer not in ("conv_in", "logits")]
             reached = sum(r.zeros for r in pruned) / sum(r.size for r in pruned)
-            rows.append((name, f"{sparsity:.0%}", reached, accuracy(stripped, x_test, y_test)))
+            layers = " / ".join(f"{r.sparsity:.1%}" for r in pruned)
+            rows.append((name, f"{sparsity:.0%}", reached, accuracy(stripped, x_test, y_test),
+                         layers))
 
-    print("| method | target | sparsity of pruned layers | test accuracy |")
-    print("|---|---|---|---|")
-    for name, target, reached, acc in rows:
-        print(f"| {name} | {target} | {reached:.2%} | {acc:.2%} |")
+    print("| method | target | sparsity of pruned layers | conv / dense | test accuracy |")
+    print("|---|---|---|---|---|")
+    for name, target, reached, acc, layers in rows:
+        print(f"| {name} | {target} | {reached:.2%} | {layers} | {acc:.2%} |")
     return rows
 
 

@@ -20,7 +20,7 @@ def test_prune_digits_runs_small(tmp_path):
 def test_prune_methods_runs_small():
     rows = prune_methods.main(["--quick"])
     assert [row[0] for row in rows] == ["dense", *prune_methods.METHODS]
-    for _, _, reached, accuracy in rows[1:]:
+    for _, _, reached, accuracy, _ in rows[1:]:
         assert reached == 0.5  # every method prunes exactly half of the same weights
         assert 0.0 <= accuracy <= 1.0
 
