@@ -60,7 +60,7 @@ def report(path: str) -> str:
     table = export.sparsity_report(model)
     weights = export._model_weights(model)
     raw = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in weights)
-    stripped = export.strip_pruning(model)
+    gzipped = export.compressed_size(export.strip_pruning(model))
     step = int(pruner.pruning_step.numpy())
     lines = [
         f"model '{model.name}' ({type(model).__name__}) from {path}",
@@ -70,8 +70,8 @@ def report(path: str) -> str:
         "",
         str(table),
         "",
-        f"weights: {_kib(raw)} raw, {_kib(export.compressed_size(stripped))} gzipped "
-        f"stripped ({raw / export.compressed_size(stripped):.2f}x smaller than raw)",
+        f"weights: {_kib(raw)} raw, {_kib(gzipped)} gzipped "
+        f"stripped ({raw / gzipped:.2f}x smaller than raw)",
     ]
     return "\n".join(lines)
 
