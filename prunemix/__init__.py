@@ -6,17 +6,13 @@ pick a schedule (`ConstantSparsity`, `PolynomialDecay`), train a
 and ship.
 """
 
+from prunemix import _quiet
 from prunemix._version import __version__
+
+with _quiet.native_stderr_silenced(_quiet.running_cli()):
+    import tensorflow  # noqa: F401  (first import: quiet under `python -m prunemix`)
 from prunemix.callbacks import PruningSummaries
-from prunemix.export import (
-    SparsityReport,
-    WeightSparsity,
-    compressed_size,
-    load_model,
-    sparsity_report,
-    strip_pruning,
-    to_tflite,
-)
+from prunemix.export import strip_pruning, to_tflite
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
 from prunemix.model import PrunedModel
 from prunemix.patterns import (
@@ -28,9 +24,16 @@ from prunemix.patterns import (
     StructuredSparsity,
 )
 from prunemix.policy import Rule
-from prunemix.prunable import PrunableMixin, prunable, prunable_weights_of
+from prunemix.prunable import (
+    PrunableMixin,
+    find_prunable_weights,
+    prunable,
+    prunable_weights_of,
+)
 from prunemix.prune import prune_model
-from prunemix.pruner import PrunedWeight, Pruner, find_prunable_weights
+from prunemix.pruner import PrunedWeight, Pruner
+from prunemix.report import SparsityReport, WeightSparsity, compressed_size, sparsity_report
+from prunemix.saving import load_model
 from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from prunemix.shrink import shrink_dense
 

@@ -11,8 +11,9 @@ import importlib
 import os
 import sys
 
+from prunemix._quiet import native_stderr_silenced
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class CliError(Exception):
@@ -22,7 +23,7 @@ class CliError(Exception):
 
 
 def _load(path: str):
-    from prunemix.export import load_model
+    from prunemix.saving import load_model
 
     try:
         return load_model(path, compile=False)
@@ -49,24 +50,60 @@ def _kib(size: int) -> str:
     return f"{size / 1024:.1f} KiB"
 
 
+def _schedule_target(pruner_config: dict, step: int) -> str:
+    import keras
+
+    from prunemix import schedules
+
+    try:
+        with keras.saving.custom_object_scope({}):
+            schedule = schedules.get(pruner_config["pruning_schedule"])
+        return f"schedule target {float(schedule(step)):.2%}"
+    except Exception:  # noqa: BLE001 - a schedule this process cannot rebuild
+        name = pruner_config.get("pruning_schedule", {}).get("class_name", "?")
+        return f"schedule {name} (not importable here)"
+
+
 def report(path: str) -> str:
-    """The text `python -m prunemix report` prints."""
+    """The text `python -m prunemix report` prints.
+
+    Read from the archive itself (config and weights), so it works without
+    the model's classes: a subclassed model whose module is not importable.
+    """
+    import gzip
+
     import numpy as np
 
-    from prunemix import export
+    from prunemix import report as reporting
+    from prunemix import saving
 
-    model = _pruned(_load(path), path)
-    pruner = model.pruner
-    table = export.sparsity_report(model)
-    weights = export._model_weights(model)
-    raw = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in weights)
-    gzipped = export.compressed_size(export.strip_pruning(model))
-    step = int(pruner.pruning_step.numpy())
+    try:
+        state = saving.read_pruning_state(path)
+    except FileNotFoundError:
+        raise CliError(f"no such file: {path}", 2) from None
+    except (ValueError, OSError, KeyError) as error:
+        raise CliError(str(error), 2) from None
+    if not state["masks"]:
+        raise CliError(
+            f"{path}: model '{state['name']}' has no pruning state (not a prunemix "
+            "PrunedModel, or already stripped)", 1
+        )
+    table = reporting.SparsityReport()
+    for key, mask in state["masks"].items():
+        layer, _, weight = key.rpartition("/")
+        table.append(reporting.WeightSparsity(
+            layer=layer, weight=weight, shape=mask.shape, zeros=int(mask.size - mask.sum()),
+            size=int(mask.size),
+        ))
+    values = list(state["weights"].values())
+    raw = sum(v.nbytes for v in values)
+    gzipped = len(gzip.compress(b"".join(np.ascontiguousarray(v).tobytes() for v in values),
+                                compresslevel=9, mtime=0))
+    step = state["step"]
+    target = _schedule_target(state["pruner"] or {}, step)
     lines = [
-        f"model '{model.name}' ({type(model).__name__}) from {path}",
-        f"pruning step {step}, schedule target "
-        f"{float(pruner.pruning_schedule(step)):.2%}, masks sparsity "
-        f"{float(pruner.sparsity.numpy()):.2%}",
+        f"model '{state['name']}' ({state['class_name']}) from {path}",
+        f"pruning step {step}, {target}, masks sparsity {table.sparsity:.2%}",
         "",
         str(table),
         "",
@@ -78,7 +115,7 @@ def report(path: str) -> str:
 
 def strip(source: str, target: str) -> str:
     """Writes the stripped model; returns the message to print."""
-    from prunemix import export
+    from prunemix import export, report
 
     model = _pruned(_load(source), source)
     stripped = export.strip_pruning(model)
@@ -87,7 +124,7 @@ def strip(source: str, target: str) -> str:
     stripped.save(target)
     return (
         f"wrote {target}: '{stripped.name}' without masks, "
-        f"{export.sparsity_report(stripped).sparsity:.2%} of prunable weights are zero"
+        f"{report.sparsity_report(stripped).sparsity:.2%} of prunable weights are zero"
     )
 
 
@@ -106,6 +143,8 @@ def main(argv=None) -> int:
     st.add_argument("source")
     st.add_argument("target")
     args = parser.parse_args(argv)
+    with native_stderr_silenced():
+        import prunemix  # noqa: F401
     try:
         for module in args.imports:
             try:

@@ -5,7 +5,14 @@ Keep this module small: each helper names the private attribute it relies on.
 
 from __future__ import annotations
 
-import contextlib
+import inspect
+
+import keras
+
+# Attributes of a layer that hold layers only as Keras's own bookkeeping
+# (`Layer._layers`, `Functional._operations`) or prunemix's pruner: the walk
+# below names a layer by the attribute its parent really assigned it to.
+_BOOKKEEPING = frozenset({"_layers", "_operations", "_pruner", "_tracker"})
 
 
 def nested_layers(model) -> list:
@@ -15,6 +22,63 @@ def nested_layers(model) -> list:
     attribute: sublayers, nested models, and lists/dicts of layers.
     """
     return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def _children(layer) -> list:
+    """`(key, child)` for the layers directly below `layer`.
+
+    Keys follow Keras's own saving (`keras.src.saving.saving_lib`, 3.15), so a
+    mask always lands on the weight Keras restores the values of: a
+    functional or Sequential model keys its layers by class and order
+    (`dense`, `dense_1`: never by `layer.name`, which is generated and differs
+    between two builds of the same model); any other layer by the attribute
+    that holds the child (`encoder`, `blocks/0`, `named/scale`). Layers
+    tracked only in `Layer._layers` fall back to their name.
+    """
+    found = []
+    if isinstance(layer, functional_class() | keras.Sequential):
+        from keras.src.utils.naming import to_snake_case
+
+        used = {}
+        for child in layer.layers:
+            name = to_snake_case(type(child).__name__)
+            used[name] = used.get(name, -1) + 1
+            found.append((f"{name}_{used[name]}" if used[name] else name, child))
+    for attr, value in vars(layer).items():
+        if attr in _BOOKKEEPING or attr.startswith("_self_"):  # TF trackable bookkeeping
+            continue
+        if isinstance(value, keras.layers.Layer):
+            found.append((attr, value))
+        elif isinstance(value, list | tuple):
+            found += [(f"{attr}/{i}", v) for i, v in enumerate(value)
+                      if isinstance(v, keras.layers.Layer)]
+        elif isinstance(value, dict):
+            found += [(f"{attr}/{k}", v) for k, v in value.items()
+                      if isinstance(v, keras.layers.Layer)]
+    found += [(child.name, child) for child in getattr(layer, "_layers", ())]
+    return found
+
+
+def layer_paths(model) -> dict:
+    """`{id(layer): (name_path, key_path)}` for every layer below `model`.
+
+    `name_path` joins layer names from `model` down (what users see,
+    relative to the model: `"encoder/dense_1"`); `key_path` joins the keys of
+    `_children` (stable across `.keras` reload, `clone_model` and nesting the
+    model in another). A layer reached twice keeps its first path.
+    """
+    paths = {id(model): ("", "")}
+    pending = [model]
+    while pending:
+        parent = pending.pop(0)
+        names, keys = paths[id(parent)]
+        for key, child in _children(parent):
+            if id(child) in paths or getattr(child, "_prunemix_is_pruner", False):
+                continue
+            paths[id(child)] = (f"{names}/{child.name}".lstrip("/"), f"{keys}/{key}".lstrip("/"))
+            pending.append(child)
+    del paths[id(model)]
+    return paths
 
 
 def attach_after_build(layer, name: str, value) -> None:
@@ -32,25 +96,6 @@ def attach_after_build(layer, name: str, value) -> None:
     finally:
         if locked:
             tracker.lock()
-
-
-@contextlib.contextmanager
-def hidden_layer(model, layer, attribute: str):
-    """Within the block, `layer` is neither in `model.layers` (`Layer._layers`)
-    nor at `model.<attribute>` (set to None, bypassing the tracker).
-
-    Used to load a dense model's weights file into a `PrunedModel`: Keras's
-    saving walks `model.layers` and every attribute, and the file has no
-    pruner.
-    """
-    index = next(i for i, other in enumerate(model._layers) if other is layer)
-    del model._layers[index]
-    object.__setattr__(model, attribute, None)
-    try:
-        yield
-    finally:
-        object.__setattr__(model, attribute, layer)
-        model._layers.insert(index, layer)
 
 
 def inbound_count(layer) -> int:
@@ -72,7 +117,75 @@ def is_functional_call(args, kwargs) -> bool:
     return bool(functional_init_arguments(args, kwargs))
 
 
+def is_default_build(cls) -> bool:
+    """Whether `cls.build` is `Layer.build` itself (marked `_is_default`)."""
+    return bool(getattr(cls.build, "_is_default", False))
+
+
+def variable_strategy(variable):
+    """The `tf.distribute` strategy a Keras variable was created under, or None.
+
+    Reads `DistributedValues._distribute_strategy` (TensorFlow).
+    """
+    import tensorflow as tf
+
+    value = variable.value
+    if isinstance(value, tf.distribute.DistributedValues):
+        return value._distribute_strategy
+    return None
+
+
+def capture_init_config(instance, cls, args, kwargs, serialize: dict) -> None:
+    """Sets Keras's automatic config (`Operation._auto_config`, Keras 3) of a
+    subclassed model whose constructor got non-JSON arguments that prunemix
+    knows how to serialize (`serialize`: argument name -> function).
+
+    `keras.Model.__new__` hands `Operation.__new__` no constructor arguments,
+    so the automatic config of a subclassed model records only the defaults:
+    a schedule passed as `Net(pruning_schedule=...)` would be lost on save.
+    This records the arguments given. Nothing changes when an argument is not
+    a plain value (the class then needs its own `get_config`, as in Keras).
+    """
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except TypeError:
+        return
+    spec = inspect.getfullargspec(cls.__init__)
+    if spec.varargs and bound.arguments.get(spec.varargs):
+        return
+    bound.apply_defaults()
+    config = dict(bound.arguments)
+    config.pop(spec.args[0], None)
+    config.pop(spec.varargs, None)
+    config |= config.pop(spec.varkw, {}) if spec.varkw else {}
+    config.pop("name", None)
+    try:
+        for key, function in serialize.items():
+            if config.get(key) is not None:
+                config[key] = function(config[key])
+    except Exception:  # noqa: BLE001 - not serializable: the class needs its own get_config
+        return
+    plain = (str, int, float, bool, type(None))
+    try:
+        if not all(isinstance(v, plain) for v in keras.tree.flatten(config)):
+            return
+    except TypeError:
+        return
+    from keras.src.saving import serialization_lib
+
+    instance._lock = False
+    instance._auto_config = serialization_lib.SerializableDict(**config)
+    instance._lock = True
+
+
 __all__ = [
     "attach_after_build",
-    "hidden_layer",
-    "inbound_count", "functional_class", "is_functional_call", "nested_layers"]
+    "capture_init_config",
+    "functional_class",
+    "inbound_count",
+    "is_default_build",
+    "is_functional_call",
+    "layer_paths",
+    "nested_layers",
+    "variable_strategy",
+]

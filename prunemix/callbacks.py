@@ -103,6 +103,6 @@ class PruningSummaries(keras.callbacks.Callback):
             for p in pruner.pruned_weights:
                 pruned = 1.0 - float(np.mean(p.mask.numpy()))
                 _scalar(f"pruning/{p.path}/sparsity", pruned, step)
-                if p.schedule is not pruner.pruning_schedule:  # its own, from a Rule
+                if p.schedule != pruner.pruning_schedule:  # its own, from a Rule
                     _scalar(f"pruning/{p.path}/target_sparsity", float(p.schedule(step)), step)
         self._writer.flush()

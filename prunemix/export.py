@@ -1,30 +1,17 @@
-"""After training: strip the pruning state, report sparsity and size."""
+"""After training: strip the pruning state and ship (`.keras`, LiteRT)."""
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
-import io
-import os
 import tempfile
-import zipfile
 
 import keras
 import numpy as np
 
 from prunemix import _keras_compat
 from prunemix.model import PrunedModel
-from prunemix.pruner import find_prunable_weights
+from prunemix.report import model_weights
 
-__all__ = [
-    "SparsityReport",
-    "WeightSparsity",
-    "compressed_size",
-    "load_model",
-    "sparsity_report",
-    "strip_pruning",
-    "to_tflite",
-]
+__all__ = ["strip_pruning", "to_tflite"]
 
 
 def _masked_values(model) -> dict:
@@ -38,13 +25,6 @@ def _masked_values(model) -> dict:
         )
         for p in pruner.pruned_weights
     }
-
-
-def _model_weights(model) -> list:
-    """The model's variables, without the pruner's."""
-    pruner = model.pruner if isinstance(model, PrunedModel) else None
-    skip = {id(v) for v in pruner.weights} if pruner is not None else set()
-    return [v for v in model.weights if id(v) not in skip]
 
 
 def _call_once(model, build_config: dict) -> None:
@@ -91,17 +71,18 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     if not isinstance(model, PrunedModel):
         return model
     masked = _masked_values(model)
-    source = _model_weights(model)
+    source = model_weights(model)
     if isinstance(model, _keras_compat.functional_class()):
         config = model.get_config()
-        for key in ("pruning_schedule", "pruning_policy", "prunemix_format"):
+        for key in ("pruner", "prunemix_format"):
             config.pop(key, None)
         stripped = keras.Model.from_config(config)
     else:
         try:
-            stripped = type(model).from_config(model.get_config())
-            stripped._prunemix_stripped = True
-            build_config = model.get_build_config()
+            stripped = model._stripped_copy()
+            build_config = {
+                k: v for k, v in (model.get_build_config() or {}).items() if k != "prunemix"
+            }
             if build_config:
                 stripped.build_from_config(build_config)
                 _call_once(stripped, build_config)
@@ -111,7 +92,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
                 f"recreated from its config ({error}). Implement `get_config()` "
                 "so that `from_config(get_config())` rebuilds the model."
             ) from error
-    target = _model_weights(stripped)
+    target = model_weights(stripped)
     if len(target) != len(source):
         raise ValueError(
             f"Cannot strip '{model.name}': the recreated model has {len(target)} "
@@ -120,104 +101,6 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     for dst, src in zip(target, source, strict=False):
         dst.assign(masked.get(id(src), src))
     return stripped
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSparsity:
-    """One row of a `SparsityReport`."""
-
-    layer: str
-    weight: str
-    shape: tuple
-    zeros: int
-    size: int
-
-    @property
-    def sparsity(self) -> float:
-        return self.zeros / self.size if self.size else 0.0
-
-
-class SparsityReport(list):
-    """Rows of `WeightSparsity`, one per prunable weight; `str()` is a table."""
-
-    @property
-    def zeros(self) -> int:
-        return sum(row.zeros for row in self)
-
-    @property
-    def size(self) -> int:
-        return sum(row.size for row in self)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of zeros over all rows."""
-        return self.zeros / self.size if self.size else 0.0
-
-    def __str__(self) -> str:
-        header = ("layer", "weight", "shape", "zeros", "sparsity")
-        rows = [
-            (r.layer, r.weight, "x".join(map(str, r.shape)), f"{r.zeros}/{r.size}",
-             f"{r.sparsity:.2%}")
-            for r in self
-        ]
-        rows.append(("total", "", "", f"{self.zeros}/{self.size}", f"{self.sparsity:.2%}"))
-        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-                 for row in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
-
-def sparsity_report(model: keras.Model) -> SparsityReport:
-    """Counts the zeros of every prunable weight of `model`.
-
-    Works on any built Keras model: a `PrunedModel`, a stripped copy, or a
-    plain model (the same layers are considered prunable as in
-    `PrunedModel`).
-
-    Args:
-        model: a built Keras model or layer.
-
-    Returns:
-        A `SparsityReport`: a list of `WeightSparsity` rows (layer path,
-        weight name, shape, zeros, size, sparsity) with totals; print it for
-        a table.
-
-    Example:
-
-    ```python
-    print(prunemix.sparsity_report(model))
-    ```
-    """
-    report = SparsityReport()
-    for layer, weight in find_prunable_weights(model):
-        value = np.asarray(keras.ops.convert_to_numpy(weight))
-        report.append(
-            WeightSparsity(
-                layer=layer.path or layer.name,
-                weight=weight.name,
-                shape=tuple(value.shape),
-                zeros=int(value.size - np.count_nonzero(value)),
-                size=int(value.size),
-            )
-        )
-    return report
-
-
-def compressed_size(model: keras.Model) -> int:
-    """Bytes of the model's weights (without prunemix state) after gzip.
-
-    Args:
-        model: a Keras model.
-
-    Returns:
-        Size in bytes of all weight arrays, concatenated and gzipped at level 9.
-    """
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as f:
-        for variable in _model_weights(model):
-            f.write(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
-    return buffer.tell()
 
 
 def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
@@ -254,50 +137,3 @@ def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
         return converter.convert()
 
 
-def load_model(filepath, **kwargs) -> keras.Model:
-    """`keras.saving.load_model` with clear errors for files that are not models.
-
-    Keras reports a truncated `.keras` file as "File not found"; this checks
-    the file first, then loads it with Keras (prunemix's classes are
-    registered, so `keras.saving.load_model` itself works on good files).
-
-    Args:
-        filepath: path to a `.keras` file.
-        **kwargs: passed to `keras.saving.load_model` (`compile`,
-            `custom_objects`, `safe_mode`).
-
-    Returns:
-        The model.
-
-    Raises:
-        FileNotFoundError: if there is no such file.
-        ValueError: if the file is not a complete `.keras` archive (not a
-            zip, truncated, or without `config.json`), or was saved with a
-            newer prunemix layout.
-
-    Example:
-
-    ```python
-    model = prunemix.load_model("pruned.keras")
-    ```
-    """
-    path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {path}")
-    problem = None
-    if not zipfile.is_zipfile(path):
-        problem = "it is not a zip archive (truncated, or not written by `model.save`)"
-    else:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = set(archive.namelist())
-                bad = archive.testzip()
-            if bad is not None:
-                problem = f"its member {bad!r} is corrupt (truncated or damaged)"
-            elif "config.json" not in names:
-                problem = "it has no config.json (not written by `model.save`)"
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
-            problem = f"it cannot be read as a zip archive ({error})"
-    if problem:
-        raise ValueError(f"{path} is not a complete Keras model file: {problem}.")
-    return keras.saving.load_model(path, **kwargs)

@@ -8,6 +8,10 @@ Ties: entries of equal magnitude at the threshold are pruned in flat
 (row-major) order, lowest index first, so the count stays exact even when
 many weights share a value (for example weights that are already zero).
 
+NaN: a NaN score ranks above every number, +inf included (NaNs among
+themselves by flat index), so NaN entries are pruned last. Every pattern
+ranks NaN this way.
+
 How the threshold is found: non-negative float32 values sort like their
 int32 bit patterns, so the k-th smallest magnitude is found with two
 histogram passes over the bits (16 + 15 bits, a radix select) instead of a
@@ -28,28 +32,59 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["lowest_k_mask", "magnitude_mask", "pruned_count"]
+__all__ = ["lowest_k_mask", "magnitude_mask", "pruned_count", "rank_bits"]
 
 # (shift, width) of each radix pass over the 31 value bits of a float32 >= 0.
 # Two passes of 16 and 15 bits: each pass is one scatter-add over every entry
 # (the cost), and a 65536-bucket histogram is still cheap to scan.
 _PASSES = ((15, 16), (0, 15))
 _TIE_BLOCK = 1024
+_NAN_BITS = 0x7FC00000
 
 
 def pruned_count(sparsity, size):
     """Number of entries to prune: `round(sparsity * size)`, half to even.
 
     Args:
-        sparsity: scalar in [0, 1] (values outside are clipped).
+        sparsity: scalar in [0, 1]. A value known outside (a percentage such
+            as 50, or NaN) is an error; inside a traced function, where it is
+            not known, values outside are clipped and NaN prunes nothing, so
+            the count is never negative.
         size: number of entries, a Python int or integer scalar tensor.
 
     Returns:
-        An int32 scalar tensor.
+        An int32 scalar tensor in [0, size].
+
+    Raises:
+        ValueError: for a known sparsity outside [0, 1] or NaN.
     """
-    sparsity = tf.convert_to_tensor(sparsity, dtype_hint=tf.float64)
-    sparsity = tf.clip_by_value(tf.cast(sparsity, tf.float64), 0.0, 1.0)
+    _check_fraction(sparsity, upper_open=False)
+    sparsity = tf.cast(tf.convert_to_tensor(sparsity, dtype_hint=tf.float64), tf.float64)
+    sparsity = tf.where(tf.math.is_nan(sparsity), tf.zeros_like(sparsity), sparsity)
+    sparsity = tf.clip_by_value(sparsity, 0.0, 1.0)
     return tf.cast(tf.round(sparsity * tf.cast(size, tf.float64)), tf.int32)
+
+
+def _check_fraction(sparsity, upper_open: bool) -> None:
+    """Rejects a sparsity whose value is known (Python or eager) and not a fraction."""
+    if isinstance(sparsity, tf.Tensor) and not tf.executing_eagerly():
+        return  # symbolic: checked where the value is known
+    try:
+        value = float(sparsity)
+    except Exception:  # noqa: BLE001 - symbolic or not a scalar: tf reports it
+        return
+    upper = "1)" if upper_open else "1]"
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+        raise ValueError(
+            f"`sparsity` must be a fraction in [0, {upper}, not a percentage. "
+            f"Received: sparsity={value}"
+        )
+
+
+def rank_bits(scores):
+    """Int32 keys that order `|scores|` as every pattern ranks them (NaN last)."""
+    scores = tf.cast(scores, tf.float32)
+    return tf.where(tf.math.is_nan(scores), _NAN_BITS, tf.bitcast(tf.abs(scores), tf.int32))
 
 
 def _kth_smallest(bits, k):
@@ -96,7 +131,8 @@ def _last_tie_index(at_kth, rank):
 
 
 def _lowest_k_mask_flat(scores, k):
-    bits = tf.bitcast(tf.abs(scores), tf.int32)
+    # One bit pattern for every NaN, above +inf's: NaNs rank last, by index.
+    bits = rank_bits(scores)
     kth, ties_to_prune, ties = _kth_smallest(bits, tf.maximum(k, 1))
 
     def break_ties():
@@ -122,8 +158,8 @@ def lowest_k_mask(scores, k):
     """Keep-mask that prunes the `k` entries of lowest `|scores|`.
 
     Args:
-        scores: float tensor of any shape (cast to float32; NaN counts as
-            largest).
+        scores: float tensor of any shape (cast to float32; NaN ranks
+            above +inf).
         k: number of entries to prune, int scalar in [0, size].
 
     Returns:
@@ -145,10 +181,14 @@ def magnitude_mask(weights, sparsity):
     Returns:
         A bool tensor shaped like `weights`; False marks pruned entries.
 
+    Raises:
+        ValueError: for a sparsity outside [0, 1) such as a percentage (50).
+
     Example:
 
     >>> magnitude_mask([1.0, -3.0, 2.0, 0.5], 0.5).numpy().tolist()
     [False, True, True, False]
     """
+    _check_fraction(sparsity, upper_open=True)
     weights = tf.convert_to_tensor(weights)
     return lowest_k_mask(weights, pruned_count(sparsity, tf.size(weights)))

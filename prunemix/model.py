@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from prunemix import _keras_compat, policy, schedules
-from prunemix.pruner import Pruner
+from prunemix import _keras_compat, policy, saving, schedules
+from prunemix.pruner import FORMAT_VERSION, Pruner
 
 __all__ = ["PrunedModel"]
 
 Functional = _keras_compat.functional_class()
 
-# Layout of the pruning state in saved files (masks, step, sparsity in the
-# `pruner` layer). Bump when it changes; loading a newer layout is an error.
-FORMAT_VERSION = 1
+
+def _set_untracked(model, name: str, value) -> None:
+    # The pruner waiting to be built holds no variables; Keras tracks it once
+    # built, as `_pruner` (so it is saved once, under one name).
+    object.__setattr__(model, name, value)
 
 
-def _check_format(config: dict, what: str) -> dict:
-    version = config.get("prunemix_format", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{what} was saved with prunemix pruning-state format {version!r}; this "
-            f"prunemix reads format {FORMAT_VERSION} and older. Upgrade prunemix."
-        )
-    return {k: v for k, v in config.items() if k != "prunemix_format"}
+def _plain(config):
+    """A config without the ids Keras adds to shared objects while saving."""
+    if isinstance(config, dict):
+        return {k: _plain(v) for k, v in config.items() if k != "shared_object_id"}
+    if isinstance(config, list | tuple):
+        return [_plain(v) for v in config]
+    return config
 
 
-def _has_pruning_state(filepath) -> bool:
-    """Whether a `.weights.h5` file holds a `pruner` group anywhere."""
-    import h5py
-
-    found = []
-    with h5py.File(filepath, "r") as f:
-        f.visit(lambda name: found.append(name) if name.split("/")[-1] == "pruner" else None)
-    return bool(found)
+def _serialize_policy(rules):
+    return policy.serialize_policy(policy.get_policy(rules))
 
 
 class PrunedModel(keras.Model):
@@ -56,7 +52,13 @@ class PrunedModel(keras.Model):
     run the plain model: the weights already hold the zeros.
 
     If you override `train_step`, call `self.apply_pruning()` once after your
-    optimizer update(s).
+    optimizer update(s); a `fit` whose steps never do is warned about.
+
+    The model's `Pruner` owns the schedule, the policy and the masks. The
+    policy is resolved once, when the pruner is built; saving records the
+    resolution by each weight's stable key, and loading restores exactly it
+    (schedule, pattern and target of every weight), also for a subclassed
+    model whose schedule came through constructor keywords.
 
     Args:
         *args: `keras.Model` arguments (`inputs, outputs` for functional).
@@ -97,7 +99,16 @@ class PrunedModel(keras.Model):
     def __new__(cls, *args, **kwargs):
         if cls is PrunedModel and _keras_compat.is_functional_call(args, kwargs):
             return FunctionalPrunedModel.__new__(FunctionalPrunedModel, *args, **kwargs)
-        return super().__new__(cls, *args, **kwargs)
+        instance = super().__new__(cls, *args, **kwargs)
+        if not issubclass(cls, Functional):
+            # Keep schedules and policies passed as constructor keywords in the
+            # automatic config, so `from_config` gets them back.
+            _keras_compat.capture_init_config(instance, cls, args, kwargs, {
+                "pruning_schedule": lambda s: keras.saving.serialize_keras_object(
+                    schedules.get(s)),
+                "pruning_policy": _serialize_policy,
+            })
+        return instance
 
     def __init__(
         self, *args, pruning_schedule: Any = None, pruning_policy: Any = None, **kwargs
@@ -115,22 +126,28 @@ class PrunedModel(keras.Model):
                 f"{type(self).__name__} needs `pruning_schedule=`, e.g. "
                 "`prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)`."
             )
-        self._pruning_schedule = (
-            None if pruning_schedule is None else schedules.get(pruning_schedule)
-        )
-        self._pruning_policy = policy.get_policy(pruning_policy)
         self._pruner = None
-        self._prunemix_stripped = False
+        self._warned_unpruned = False
+        if not functional:
+            _set_untracked(self, "_new_pruner", Pruner(pruning_schedule, pruning_policy,
+                                                       name="pruner"))
 
     @property
     def pruning_schedule(self):
-        """The schedule this model prunes with."""
-        return self._pruning_schedule
+        """The schedule this model prunes with (its pruner's; None once stripped)."""
+        pruner = self._pruner or self._new_pruner
+        return None if pruner is None else pruner.pruning_schedule
 
     @property
     def pruning_policy(self) -> list:
-        """The `Rule`s choosing which weights are pruned, and how."""
-        return self._pruning_policy
+        """The `Rule`s choosing which weights are pruned, and how (its pruner's)."""
+        pruner = self._pruner or self._new_pruner
+        return [] if pruner is None else pruner.pruning_policy
+
+    @property
+    def _stripped(self) -> bool:
+        # A stripped model has no pruner and none waiting to be built.
+        return self._pruner is None and self._new_pruner is None
 
     @property
     def pruner(self):
@@ -148,19 +165,17 @@ class PrunedModel(keras.Model):
             The model's `Pruner`.
 
         Raises:
-            ValueError: if the model is not built or has no prunable weights.
+            ValueError: if the model is not built or has no prunable weights,
+                or was stripped.
         """
-        if self._prunemix_stripped:
+        if self._stripped:
             raise ValueError(
                 f"Model '{self.name}' was stripped of its pruning state "
                 "(`prunemix.strip_pruning`); it no longer prunes."
             )
         if self._pruner is None:
             with tf.init_scope():
-                pruner = Pruner(
-                    self._pruning_schedule, self._pruning_policy, name="pruner"
-                )
-                pruner.track(self)
+                pruner = self._new_pruner.track(self)
                 _keras_compat.attach_after_build(self, "_pruner", pruner)
         return self._pruner
 
@@ -193,25 +208,33 @@ class PrunedModel(keras.Model):
 
     def __call__(self, *args, **kwargs):
         outputs = super().__call__(*args, **kwargs)
-        if self._pruner is None and self.built and not self._prunemix_stripped:
+        if self._pruner is None and self.built and not self._stripped:
             self.build_pruning()
         return outputs
 
     def get_build_config(self):
-        config = super().get_build_config()
-        if config is not None:
-            config = {**config, "prunemix_format": FORMAT_VERSION}
-            if self._prunemix_stripped:
-                # A stripped copy must reload without masks.
-                config["prunemix_stripped"] = True
-        return config
+        config = super().get_build_config() or {}
+        if self._stripped:
+            # A stripped copy must reload without masks.
+            return {**config, "prunemix": {"format": FORMAT_VERSION, "stripped": True}}
+        if self._pruner is not None and not isinstance(self, Functional):
+            config["prunemix"] = {"format": FORMAT_VERSION, "pruner": self._pruner.get_config()}
+        return config or None
 
     def build_from_config(self, config):
-        if config:
-            config = _check_format(config, f"Model '{self.name}'")
-        if config and config.get("prunemix_stripped"):
-            self._prunemix_stripped = True
-            config = {k: v for k, v in config.items() if k != "prunemix_stripped"}
+        config = dict(config or {})
+        record = config.pop("prunemix", None)
+        if record is None:
+            # Format 1 kept its version and flag beside the shapes.
+            legacy = saving.check_format(config, f"Model '{self.name}'")
+            record = {"stripped": legacy.pop("prunemix_stripped", False)}
+            config = legacy
+        else:
+            saving.check_format({"prunemix_format": record.get("format")}, f"Model '{self.name}'")
+        if record.get("stripped"):
+            self._strip()
+        elif record.get("pruner") is not None:
+            self._adopt_saved_pruner(record["pruner"])
         super().build_from_config(config)
         # Keras builds a subclassed model's layers here (by running `call`
         # symbolically) without marking the model built, so `export()` would
@@ -219,50 +242,58 @@ class PrunedModel(keras.Model):
         layers = _keras_compat.nested_layers(self)
         if config and not self.built and layers and all(layer.built for layer in layers):
             self.built = True
-        if config and not self._prunemix_stripped:
+        if self.built and not self._stripped:
             self.build_pruning()
 
-    def load_weights(self, filepath, *args, **kwargs):
-        """`keras.Model.load_weights`, also from a dense model's weights file.
+    def _adopt_saved_pruner(self, saved: dict) -> None:
+        """Prune as the file says: warn if this class now builds other settings."""
+        mine = self._new_pruner.get_config()
+        for key in ("pruning_schedule", "pruning_policy"):
+            if _plain(mine[key]) != _plain(saved.get(key)):
+                warnings.warn(
+                    f"Model '{self.name}': {type(self).__name__}.__init__ now builds "
+                    f"{key}={mine[key]!r}, but the saved model was pruned with "
+                    f"{key}={saved.get(key)!r}. Using the saved one, so the pruning "
+                    "goes on as it was saved.",
+                    stacklevel=4,
+                )
+        _set_untracked(self, "_new_pruner", Pruner.from_config(saved))
 
-        A `.weights.h5` file saved by the same model without pruning (a
-        plain `keras.Model` with the same layers) loads into the layers and
-        leaves the masks and pruning step as they are: the fine-tune-from-
-        pretrained path for subclassed models. A file that has pruning state
-        must match this model's masks exactly, or Keras raises.
+    def load_weights(self, filepath, *args, **kwargs):
+        """`keras.Model.load_weights`; masks load onto their own weights by key.
+
+        A file with pruning state must have been written for the same pruned
+        weights (same layers and policy), else a `ValueError` names the weights
+        on both sides. A file without pruning state (saved by a plain
+        `keras.Model` with the same layers) loads into the layers and leaves
+        the masks and pruning step as they are: the fine-tune-from-pretrained
+        path for subclassed models.
         """
-        if (
-            self._pruner is not None
-            and str(filepath).endswith(".weights.h5")
-            and not _has_pruning_state(filepath)
-        ):
-            with _keras_compat.hidden_layer(self, self._pruner, "_pruner"):
-                return super().load_weights(filepath, *args, **kwargs)
-        return super().load_weights(filepath, *args, **kwargs)
+        if self._pruner is not None:
+            self._pruner.expect_state(saving.has_pruning_state(filepath))
+        try:
+            return super().load_weights(filepath, *args, **kwargs)
+        finally:
+            if self._pruner is not None:
+                self._pruner.expect_state(True)
 
     def make_train_function(self, force=False):
         # Without a distribution strategy Keras builds the model lazily, in
         # the first trace of the train step; the pruner follows from
         # `__call__` there (its variables are lifted out with `init_scope`).
-        if self.built and not self._prunemix_stripped:
+        if self.built and not self._stripped:
             self._check_strategy()
             with self.distribute_strategy.scope():
                 self.build_pruning()
         return super().make_train_function(force=force)
 
     def _check_strategy(self):
-        def strategy_of(variable):
-            value = variable.value
-            if isinstance(value, tf.distribute.DistributedValues):
-                return value._distribute_strategy
-            return None
-
         variables = list(self.weights)
         if self.optimizer is not None:
             variables += list(self.optimizer.variables)
         found = {}
         for variable in variables:
-            strategy = strategy_of(variable)
+            strategy = _keras_compat.variable_strategy(variable)
             found.setdefault(id(strategy), (strategy, variable))
         if len(found) > 1:
             names = ", ".join(
@@ -277,7 +308,7 @@ class PrunedModel(keras.Model):
             )
 
     def train_step(self, *args, **kwargs):
-        if self._prunemix_stripped:
+        if self._stripped:
             return super().train_step(*args, **kwargs)
         # `optimizer.iterations` counts applied updates: it stays put on a
         # step skipped by loss scaling and between gradient-accumulation
@@ -288,6 +319,57 @@ class PrunedModel(keras.Model):
         sparsity = self.apply_pruning(advance=updated)
         return {**logs, "sparsity": sparsity}
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, then two checks that pruning did what was asked.
+
+        Raises:
+            ValueError: if a schedule returned a value that is not a sparsity
+                in [0, 1) at a step where the masks were due (they were left
+                as they were).
+
+        A `fit` in which the optimizer updated the weights but the pruning
+        step never advanced (a custom `train_step` that does not call
+        `apply_pruning()`) warns once, naming the model.
+        """
+        pruner = self._pruner
+        before = None
+        if pruner is not None and self.optimizer is not None:
+            before = (int(self.optimizer.iterations.numpy()), int(pruner.pruning_step.numpy()))
+        history = super().fit(*args, **kwargs)
+        pruner = self._pruner
+        if pruner is None:
+            return history
+        step, value = (float(v) for v in pruner.invalid_target.numpy())
+        if step:
+            pruner.invalid_target.assign([0.0, 0.0])
+            raise ValueError(
+                f"Model '{self.name}': a pruning schedule returned {value} at step "
+                f"{int(step)}, which is not a sparsity in [0, 1); the masks were left as "
+                "they were. Fix the schedule so it returns a fraction in [0, 1)."
+            )
+        iterations, pruning_step = before or (0, 0)
+        trained = int(self.optimizer.iterations.numpy()) > iterations
+        if trained and int(pruner.pruning_step.numpy()) == pruning_step and not \
+                self._warned_unpruned:
+            self._warned_unpruned = True
+            warnings.warn(
+                f"Model '{self.name}' trained in `fit` but never pruned: its pruning step "
+                "did not advance. A custom `train_step` must call `self.apply_pruning()` "
+                "once after the optimizer update.",
+                stacklevel=2,
+            )
+        return history
+
+    def _strip(self) -> None:
+        """Makes an unbuilt model stripped: it has no pruner and never prunes."""
+        _set_untracked(self, "_new_pruner", None)
+
+    def _stripped_copy(self):
+        """`type(self)` rebuilt from its config, with no pruner."""
+        copy = type(self).from_config(self.get_config())
+        copy._strip()
+        return copy
+
 
 @keras.saving.register_keras_serializable(package="prunemix", name="FunctionalPrunedModel")
 class FunctionalPrunedModel(Functional, PrunedModel):
@@ -296,33 +378,38 @@ class FunctionalPrunedModel(Functional, PrunedModel):
     A separate class so Keras never rewrites `PrunedModel`'s bases (Keras 3
     injects `Functional` into the class hierarchy of Model subclasses used
     the functional way, which would break every subclassed `PrunedModel`).
+    Its config holds its pruner's config, resolution included.
     """
 
     def __init__(
-        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None, **kwargs
+        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None,
+        pruner: dict | None = None, **kwargs
     ):
-        if pruning_schedule is None:
+        if pruning_schedule is None and pruner is None:
             raise TypeError(
                 "PrunedModel(inputs, outputs) needs `pruning_schedule=`, e.g. "
-                "`prunemix.ConstantSparsity(0.8)`."
+                "`prunemix.ConstantSparsity(0.8)`. (`keras.models.clone_model` cannot "
+                "pass it on: to copy a PrunedModel with the same pruning and new "
+                "weights, use `type(model).from_config(model.get_config())`; to copy "
+                "its weights too, save and load it.)"
             )
-        schedule = schedules.get(pruning_schedule)
+        new = Pruner.from_config(pruner) if pruner is not None else Pruner(
+            pruning_schedule, pruning_policy, name="pruner"
+        )
         Functional.__init__(self, *args, **kwargs)
-        self._pruning_schedule = schedule
-        self._pruning_policy = policy.get_policy(pruning_policy)
+        self._pruner = None
+        self._warned_unpruned = False
+        _set_untracked(self, "_new_pruner", new)
         self.build_pruning()
 
     def get_config(self) -> dict:
         return {
             **Functional.get_config(self),
-            "pruning_schedule": keras.saving.serialize_keras_object(
-                self._pruning_schedule
-            ),
-            "pruning_policy": policy.serialize_policy(self._pruning_policy),
+            "pruner": self._pruner.get_config(),
             "prunemix_format": FORMAT_VERSION,
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = _check_format(config, f"Model '{config.get('name')}'")
+        config = saving.check_format(config, f"Model '{config.get('name')}'")
         return super().from_config(config, custom_objects=custom_objects)

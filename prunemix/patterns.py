@@ -60,10 +60,15 @@ def _label(layer, weight) -> str:
 class PruningPattern:
     """Base class: a rule that turns scores and a sparsity into a keep-mask.
 
-    Subclasses implement `mask(scores, sparsity)`, and `check(layer, weight)`
-    to reject weights they cannot handle (called at build time). Entries are
-    ranked by `|scores|`. `mask_and_count` also returns how many entries the
-    mask prunes; the built-in patterns know it without a pass over the mask.
+    Subclasses implement `mask(scores, sparsity)` (or `mask_and_count`), and
+    `check(layer, weight)` to reject weights they cannot handle (called at
+    build time). Entries are ranked by `|scores|`, NaN above everything.
+
+    The pruner talks to every pattern through one call, `group_masks`: the
+    scores of a group of weights that share a schedule and this pattern, the
+    target, and each weight's sparsity bounds in; a keep-mask and an exact
+    pruned count per weight out. By default each weight is masked on its own
+    at `clip(target, low, high)`; `GlobalMagnitude` pools the group.
     """
 
     #: Whether all weights using the pattern share one threshold.
@@ -71,6 +76,10 @@ class PruningPattern:
 
     def check(self, layer, weight) -> None:
         """Raises `ValueError` if the pattern cannot handle `weight`."""
+
+    def check_target(self, final_sparsity, bounds, where: str) -> None:
+        """Raises `ValueError` if the pattern cannot honour a rule's own
+        `final_sparsity` or `(min_sparsity, max_sparsity)` bounds."""
 
     def mask(self, scores, sparsity):
         """Keep-mask (bool, shaped like `scores`) for a target `sparsity`."""
@@ -82,6 +91,24 @@ class PruningPattern:
             raise NotImplementedError(f"{type(self).__name__} must implement `mask()`.")
         keep = self.mask(scores, sparsity)
         return keep, tf.reduce_sum(tf.cast(tf.logical_not(keep), tf.int32))
+
+    def group_masks(self, scores: list, target, bounds: list) -> tuple:
+        """`(keep_masks, pruned_counts)` for a group of weights.
+
+        Args:
+            scores: one score tensor per weight.
+            target: the schedule's sparsity (float scalar tensor).
+            bounds: one `(min_sparsity, max_sparsity)` per weight.
+
+        Returns:
+            Two lists: bool keep-masks shaped like `scores`, int32 counts.
+        """
+        keeps, counts = [], []
+        for score, (low, high) in zip(scores, bounds, strict=True):
+            keep, count = self.mask_and_count(score, tf.clip_by_value(target, low, high))
+            keeps.append(keep)
+            counts.append(count)
+        return keeps, counts
 
     def get_config(self) -> dict:
         return {}
@@ -126,6 +153,11 @@ class GlobalMagnitude(Magnitude):
     """
 
     is_global = True
+
+    def group_masks(self, scores: list, target, bounds: list) -> tuple:
+        keeps = global_masks(scores, target, bounds)
+        counts = [tf.reduce_sum(tf.cast(tf.logical_not(k), tf.int32)) for k in keeps]
+        return keeps, counts
 
 
 def _check_rank(pattern, layer, weight, minimum: int) -> None:
@@ -211,7 +243,11 @@ class BlockSparsity(PruningPattern):
         # Entries per block (edge blocks are smaller): a small tensor.
         real = tf.reduce_sum(tf.reshape(tf.pad(tf.ones_like(scores), pad), split), axis=inner)
         if self.pooling == "max":
-            pooled = tf.reduce_max(padded, axis=inner)
+            # A block holding a NaN scores NaN (ranked last), as with "avg".
+            pooled = tf.where(
+                tf.reduce_any(tf.math.is_nan(padded), axis=inner),
+                float("nan"), tf.reduce_max(padded, axis=inner),
+            )
         else:
             pooled = tf.reduce_sum(padded, axis=inner) / real
         keep_blocks = Magnitude().mask(pooled, sparsity)
@@ -234,7 +270,9 @@ class NMSparsity(PruningPattern):
 
     The pattern fixes the sparsity at `n / m`; the schedule decides when the
     masks are recomputed (from `begin_step`, every `frequency` steps), and
-    nothing is pruned before `begin_step`. The masks are recomputed at each
+    nothing is pruned while the schedule's target is 0. A rule's own
+    `final_sparsity`, or bounds that exclude `n / m`, are rejected at build
+    time: the pattern cannot honour them. The masks are recomputed at each
     update from the current scores, and saved and restored with the model.
 
     Args:
@@ -278,20 +316,39 @@ class NMSparsity(PruningPattern):
                 "Exclude it or give it another pattern with a `prunemix.Rule`."
             )
 
+    def check_target(self, final_sparsity, bounds, where: str) -> None:
+        fixed = self.n / self.m
+        if final_sparsity is not None and final_sparsity != fixed:
+            raise ValueError(
+                f"{where}: NMSparsity({self.n}, {self.m}) prunes exactly {fixed:g}; it "
+                f"cannot honour final_sparsity={final_sparsity}. Drop `final_sparsity` "
+                "or use another pattern."
+            )
+        low, high = bounds
+        if not low <= fixed <= high:
+            raise ValueError(
+                f"{where}: NMSparsity({self.n}, {self.m}) prunes exactly {fixed:g}, "
+                f"outside min_sparsity={low}, max_sparsity={high}."
+            )
+
     def mask_and_count(self, scores, sparsity=None):
-        del sparsity  # fixed at n / m
-        scores = tf.abs(tf.convert_to_tensor(scores, tf.float32))
+        scores = tf.convert_to_tensor(scores, tf.float32)
         rank = len(scores.shape)
         axis = self._axis(rank)
         perm = [a for a in range(rank) if a != axis] + [axis]
-        moved = tf.transpose(scores, perm)
+        moved = tf.transpose(masks.rank_bits(scores), perm)
         groups = tf.reshape(moved, [-1, self.m])
-        # The n lowest of each group; `top_k` breaks ties by lower index.
+        # The n lowest of each group (NaN last); `top_k` breaks ties by lower index.
         _, lowest = tf.math.top_k(-groups, k=self.n)
         pruned = tf.reduce_sum(tf.one_hot(lowest, self.m, dtype=tf.int32), axis=-2) > 0
         keep = tf.reshape(tf.logical_not(pruned), tf.shape(moved))
+        keep = tf.transpose(keep, tf.math.invert_permutation(perm))
         count = tf.constant(math.prod(scores.shape) // self.m * self.n, tf.int32)
-        return tf.transpose(keep, tf.math.invert_permutation(perm)), count
+        if sparsity is None:
+            return keep, count
+        # A fixed pattern: nothing is pruned while the target is 0.
+        off = tf.less_equal(tf.cast(sparsity, tf.float64), 0.0)
+        return tf.logical_or(keep, off), tf.where(off, 0, count)
 
     def get_config(self) -> dict:
         return {"n": self.n, "m": self.m, "axis": self.axis}

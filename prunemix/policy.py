@@ -9,7 +9,7 @@ model's schedule and `Magnitude()`. The policy is saved with the model.
 from __future__ import annotations
 
 import fnmatch
-import importlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,34 +17,47 @@ import keras
 
 from prunemix import patterns, schedules
 
-__all__ = ["Rule", "get_policy"]
+__all__ = ["Rule", "Spec", "deserialize_resolution", "get_policy", "resolve",
+           "serialize_resolution"]
 
 
 def _serialize_match(match):
     if isinstance(match, str):
         return match
     if isinstance(match, type):
-        return {"layer_class": keras.saving.get_registered_name(match),
-                "module": match.__module__, "qualname": match.__qualname__}
+        return {"layer_class": keras.saving.get_registered_name(match)}
     if isinstance(match, list | tuple):
         return {"any_of": [_serialize_match(m) for m in match]}
     return {"callable": keras.saving.serialize_keras_object(match)}
 
 
+def _layer_class(name: str) -> type:
+    """A layer class from its registered name: Keras's registry (and any
+    `custom_objects` in scope), else a public `keras.layers` name. Never an
+    import: a file cannot make prunemix import a module."""
+    found = keras.saving.get_registered_object(name)
+    if found is None and ">" not in name:
+        found = getattr(keras.layers, name, None)
+    if isinstance(found, type) and issubclass(found, keras.layers.Layer):
+        return found
+    raise ValueError(
+        f"A saved pruning rule matches layer class {name!r}, which is neither a "
+        "public `keras.layers` class nor registered. Register it with "
+        "`keras.saving.register_keras_serializable` (and import the module that "
+        "does), or pass it in `custom_objects`."
+    )
+
+
 def _deserialize_match(config):
     if isinstance(config, str):
         return config
+    if not isinstance(config, dict):
+        raise ValueError(f"Bad saved rule match: {config!r}.")
     if "any_of" in config:
         return [_deserialize_match(m) for m in config["any_of"]]
     if "callable" in config:
         return keras.saving.deserialize_keras_object(config["callable"])
-    registered = keras.saving.get_registered_object(config["layer_class"])
-    if isinstance(registered, type):
-        return registered
-    obj = importlib.import_module(config["module"])
-    for part in config["qualname"].split("."):
-        obj = getattr(obj, part)
-    return obj
+    return _layer_class(str(config.get("layer_class")))
 
 
 class Rule:
@@ -53,8 +66,10 @@ class Rule:
     Args:
         match: what the rule applies to; one of, or a list of:
             - a layer name (`"dense_1"`), or a glob pattern matched against
-              the layer name, the layer path and the weight path
-              (`"encoder/*"`, `"*embedding*"`, `"*/kernel"`);
+              the layer name, and the layer's and the weight's paths
+              relative to the model, by layer names (`"encoder/*"`,
+              `"*embedding*"`, `"*/kernel"`): the same paths in a
+              subclassed, functional or `prune_model` model;
             - a layer class (`keras.layers.Conv2D`; subclasses match);
             - a callable `(layer, weight) -> bool`.
         exclude: if True, the matched weights are not pruned at all.
@@ -109,6 +124,7 @@ class Rule:
         if score is not None and not callable(score):
             raise TypeError(f"Rule: `score` must be a callable, got {score!r}.")
         self.score = score
+        self._schedules = {}
         self.min_sparsity = schedules._check_sparsity("min_sparsity", min_sparsity)
         self.max_sparsity = float(max_sparsity)
         if not 0.0 <= self.max_sparsity <= 1.0 or self.max_sparsity < self.min_sparsity:
@@ -132,27 +148,42 @@ class Rule:
             f"callable (layer, weight) -> bool, or a list of those; got {match!r}."
         )
 
-    def matches(self, layer, weight) -> bool:
-        """Whether this rule applies to `weight` of `layer`."""
-        return self._matches(self.match, layer, weight)
+    def matches(self, layer, weight, path: str | None = None) -> bool:
+        """Whether this rule applies to `weight` of `layer`.
+
+        Args:
+            layer: the layer owning the weight.
+            weight: the variable.
+            path: the weight's path relative to the model
+                (`"encoder/dense/kernel"`); default: the layer name and the
+                weight name.
+        """
+        path = path or f"{layer.name}/{weight.name}"
+        return self._matches(self.match, layer, weight, path)
 
     @classmethod
-    def _matches(cls, match, layer, weight) -> bool:
+    def _matches(cls, match, layer, weight, path) -> bool:
         if isinstance(match, list):
-            return any(cls._matches(m, layer, weight) for m in match)
+            return any(cls._matches(m, layer, weight, path) for m in match)
         if isinstance(match, str):
-            names = (layer.name, layer.path or layer.name, weight.path)
+            names = (layer.name, path.rpartition("/")[0], path)
             return any(fnmatch.fnmatchcase(n, match) for n in names)
         if isinstance(match, type):
             return isinstance(layer, match)
         return bool(match(layer, weight))
 
     def schedule_for(self, default):
-        """The schedule for matched weights, given the model's `default`."""
-        schedule = self.schedule or default
-        if self.final_sparsity is not None:
-            schedule = schedules.with_final_sparsity(schedule, self.final_sparsity)
-        return schedule
+        """The schedule for matched weights, given the model's `default`.
+
+        The same object for every weight of the rule, so they update together.
+        """
+        key = id(default)
+        if key not in self._schedules:
+            schedule = self.schedule or default
+            if self.final_sparsity is not None:
+                schedule = schedules.with_final_sparsity(schedule, self.final_sparsity)
+            self._schedules[key] = (default, schedule)
+        return self._schedules[key][1]
 
     def get_config(self) -> dict:
         ser = keras.saving.serialize_keras_object
@@ -210,3 +241,106 @@ def serialize_policy(rules: list) -> list | None:
     if not rules:
         return None
     return [keras.saving.serialize_keras_object(r) for r in rules]
+
+
+class Spec:
+    """How one weight is pruned, as the policy resolved it once."""
+
+    __slots__ = ("key", "schedule", "pattern", "score", "bounds")
+
+    def __init__(self, key, schedule, pattern, score=None, bounds=(0.0, 1.0)):
+        self.key, self.schedule, self.pattern = key, schedule, pattern
+        self.score, self.bounds = score, (float(bounds[0]), float(bounds[1]))
+
+
+def _label(path, layer) -> str:
+    return f"weight '{path}' of layer '{layer.name}' ({type(layer).__name__})"
+
+
+def resolve(rules: list, located: list, default_schedule, model_name: str) -> dict:
+    """One `Spec` per pruned weight: rules + located weights in, `{key: Spec}` out.
+
+    For each `(layer, weight, path, key)` the first matching rule decides; a
+    weight no rule matches gets `default_schedule` and its layer class's
+    default pattern (else `Magnitude()`). Empty weights are never pruned.
+
+    Raises:
+        ValueError: if a rule matches no weight an earlier rule did not
+            take, the policy excludes everything, a pattern cannot handle a
+            weight or honour its rule's target, or weights pooled under
+            `GlobalMagnitude` follow different schedules.
+    """
+    used = [False] * len(rules)
+    specs = {}
+    for layer, weight, path, key in located:
+        rule = None
+        for i, candidate in enumerate(rules):
+            if candidate.matches(layer, weight, path):
+                used[i], rule = True, candidate
+                break
+        rule = rule or Rule()
+        if rule.exclude or not math.prod(weight.shape):
+            continue
+        pattern = patterns.get(rule.pattern or getattr(layer, "pruning_pattern", None))
+        pattern.check(layer, weight)
+        bounds = (rule.min_sparsity, rule.max_sparsity)
+        pattern.check_target(rule.final_sparsity, bounds, _label(path, layer))
+        specs[key] = Spec(key, rule.schedule_for(default_schedule), pattern, rule.score, bounds)
+    for i, rule in enumerate(rules):
+        if not used[i]:
+            paths = ", ".join(sorted({path for _, _, path, _ in located}))
+            raise ValueError(
+                f"Pruning policy rule {i} (match={rule.match!r}) matches no prunable "
+                f"weight of model '{model_name}' that an earlier rule did not take. "
+                f"Prunable weights (paths relative to the model): {paths}."
+            )
+    if not specs:
+        raise ValueError(
+            f"The pruning policy of model '{model_name}' excludes every prunable weight."
+        )
+    pooled = {s.schedule for s in specs.values() if s.pattern.is_global}
+    if len(pooled) > 1:
+        raise ValueError(
+            "GlobalMagnitude: every weight sharing the global threshold must "
+            "follow the same schedule; these do not: "
+            + ", ".join(k for k, s in specs.items() if s.pattern.is_global) + "."
+        )
+    return specs
+
+
+def serialize_resolution(specs: list) -> dict:
+    """A flat, JSON-ready record of resolved specs (schedules stored once)."""
+    ser = keras.saving.serialize_keras_object
+    unique = []
+    for spec in specs:
+        if not any(spec.schedule is s for s in unique):
+            unique.append(spec.schedule)
+    return {
+        "schedules": [ser(s) for s in unique],
+        "weights": [
+            {
+                "key": spec.key,
+                "schedule": next(i for i, s in enumerate(unique) if s is spec.schedule),
+                "pattern": ser(spec.pattern),
+                "score": None if spec.score is None else ser(spec.score),
+                "bounds": list(spec.bounds),
+            }
+            for spec in specs
+        ],
+    }
+
+
+def deserialize_resolution(record: dict) -> dict:
+    """`{key: Spec}` from `serialize_resolution`'s record."""
+    de = keras.saving.deserialize_keras_object
+    try:
+        saved = [schedules.get(s) for s in record["schedules"]]
+        return {
+            w["key"]: Spec(
+                w["key"], saved[w["schedule"]], patterns.get(w["pattern"]),
+                None if w["score"] is None else de(w["score"]), tuple(w["bounds"]),
+            )
+            for w in record["weights"]
+        }
+    except (KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"Malformed saved pruning resolution ({error!r}).") from None

@@ -18,7 +18,10 @@ from typing import Any
 import keras
 import wrapt
 
-__all__ = ["PrunableMixin", "prunable", "prunable_weights_of"]
+from prunemix import _keras_compat
+
+__all__ = ["PrunableMixin", "find_prunable_weights", "locate_prunable_weights", "prunable",
+           "prunable_weights_of"]
 
 _DECLARED = "_prunemix_declared"
 
@@ -225,7 +228,7 @@ def prunable(*weight_names: str, pattern: Any = None) -> Callable[[type], type]:
         setattr(cls, _DECLARED, True)
         # A default (inherited Layer) build is left alone: Keras treats it
         # specially, and the names are then checked when a model collects them.
-        if not getattr(cls.build, "_is_default", False):
+        if not _keras_compat.is_default_build(cls):
             cls.build = _validate_after_build(cls.build)
         return cls
 
@@ -288,3 +291,49 @@ def prunable_weights_of(layer) -> list:
                 for name in names
             ]
     return []
+
+
+def find_prunable_weights(model) -> list:
+    """`(layer, variable)` pairs for every prunable weight below `model`.
+
+    Layers are found at any depth (sublayers, nested models, lists and dicts
+    of layers); a variable reached twice (shared layers, a tfmot-style layer
+    listing a sublayer's kernel) appears once.
+
+    Args:
+        model: a built Keras layer or model.
+
+    Returns:
+        A list of `(layer, keras.Variable)` pairs, depth first.
+
+    Raises:
+        ValueError: if a layer declares a weight that is missing or not a
+            float variable.
+    """
+    return [(layer, weight) for layer, weight, _, _ in locate_prunable_weights(model)]
+
+
+def locate_prunable_weights(model) -> list:
+    """`(layer, variable, path, key)` for every prunable weight below `model`.
+
+    `path` is the weight's path relative to `model` by layer names
+    (`"encoder/dense_1/kernel"`): what `Rule` globs match and reports show.
+    `key` is its stable identity, by which pruning state is saved: layer
+    names inside functional models, attribute names inside subclassed ones,
+    so it survives `.keras` reload, `clone_model` and nesting.
+    """
+    paths = _keras_compat.layer_paths(model)
+    found, seen = [], set()
+    for layer in _keras_compat.nested_layers(model):
+        names, keys = paths.get(id(layer), (layer.name, layer.name))
+        used = {}
+        for weight in prunable_weights_of(layer):
+            if id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            short = weight.name.split("/")[-1]
+            used[short] = used.get(short, 0) + 1
+            if used[short] > 1:
+                short = f"{short}#{used[short] - 1}"
+            found.append((layer, weight, f"{names}/{short}", f"{keys}/{short}"))
+    return found

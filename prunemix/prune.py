@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import keras
 
 from prunemix import _keras_compat, policy
 from prunemix.model import PrunedModel
-from prunemix.pruner import find_prunable_weights
+from prunemix.prunable import locate_prunable_weights
 
 __all__ = ["prune_model"]
 
@@ -102,17 +103,19 @@ def prune_model(
     inputs, outputs = _functional_copy(model)
     if layers is not None:
         keep = policy.Rule(list(layers) if isinstance(layers, list | tuple) else layers)
-        probe = keras.Model(inputs, outputs)
-        pairs = find_prunable_weights(probe)
-        if not any(keep.matches(layer, weight) for layer, weight in pairs):
+        located = locate_prunable_weights(keras.Model(inputs, outputs))
+        if not any(keep.matches(layer, weight, path) for layer, weight, path, _ in located):
             raise ValueError(
                 f"`layers={layers!r}` selects no prunable weight of model '{model.name}'; "
-                "layers with prunable weights: "
-                + ", ".join(sorted({layer.name for layer, _ in pairs})) + "."
+                "prunable weights: " + ", ".join(path for _, _, path, _ in located) + "."
             )
-        left_out = [w.path for layer, w in pairs if not keep.matches(layer, w)]
+        left_out = [
+            glob.escape(path) for layer, weight, path, _ in located
+            if not keep.matches(layer, weight, path)
+        ]
         if left_out:
-            # Weight paths, not the selection itself, so the policy saves.
+            # Paths relative to the model (unique, unlike layer names in nested
+            # models), not the selection itself, so the policy saves.
             rules = [policy.Rule(left_out, exclude=True), *rules]
     return PrunedModel(
         inputs, outputs, pruning_schedule=pruning_schedule, pruning_policy=rules,

@@ -1,37 +1,48 @@
-"""The pruner: mask state for every prunable weight of a model, and the math.
+"""The pruner: the one owner of a model's pruning state, and the update math.
 
 `PrunedModel` owns one; research code with its own loop can use one directly.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from prunemix import _keras_compat, patterns, policy, schedules
-from prunemix.prunable import prunable_weights_of
+from prunemix import policy, schedules
+from prunemix.prunable import find_prunable_weights, locate_prunable_weights
 
-__all__ = ["Pruner", "PrunedWeight"]
+__all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
+
+# Layout of the pruning state in saved files. Format 1 (prunemix <= 0.x
+# before this change) stored masks by position; format 2 stores them with the
+# key of the weight each belongs to, and the resolved policy. Loading a newer
+# format is an error; format 1 still loads.
+FORMAT_VERSION = 2
 
 
 class PrunedWeight:
     """One pruned weight: its layer, variable, bool mask, path, and how it is pruned.
 
-    How: `schedule`, `pattern`, `score` (None: `|w|`) and sparsity `bounds`.
+    `path` is the weight's path relative to the model by layer names (what
+    `Rule` globs match); `key` its stable identity, under which its mask is
+    saved. How: `schedule`, `pattern`, `score` (None: `|w|`) and sparsity
+    `bounds`.
     """
 
-    __slots__ = ("layer", "weight", "mask", "path", "schedule", "pattern", "score", "bounds")
+    __slots__ = ("layer", "weight", "mask", "path", "key", "schedule", "pattern", "score",
+                 "bounds")
 
-    def __init__(self, layer, weight, mask, path: str, schedule=None, pattern=None,
-                 score=None, bounds=(0.0, 1.0)):
+    def __init__(self, layer, weight, mask, path: str, spec, key: str | None = None):
         self.layer, self.weight, self.mask, self.path = layer, weight, mask, path
-        self.schedule = schedule
-        self.pattern = pattern if pattern is not None else patterns.Magnitude()
-        self.score, self.bounds = score, tuple(bounds)
+        self.key = key or spec.key
+        self.schedule, self.pattern = spec.schedule, spec.pattern
+        self.score, self.bounds = spec.score, spec.bounds
 
     def scores(self):
         """Importance of each entry (patterns rank by `|scores|`): `score(self)`,
@@ -43,33 +54,45 @@ class PrunedWeight:
         return f"PrunedWeight({self.path!r}, shape={tuple(self.weight.shape)})"
 
 
-def find_prunable_weights(model) -> list:
-    """`(layer, variable)` pairs for every prunable weight below `model`.
+class _Manifest(tf.train.experimental.PythonState):
+    """The keys of the pruned weights, in `tf.train.Checkpoint`s: restoring a
+    checkpoint made for other pruned weights is an error naming both sides."""
 
-    Layers are found at any depth (sublayers, nested models, lists and dicts
-    of layers); a variable reached twice (shared layers, a tfmot-style layer
-    listing a sublayer's kernel) appears once.
-    """
-    found, seen = [], set()
-    for layer in _keras_compat.nested_layers(model):
-        for weight in prunable_weights_of(layer):
-            if id(weight) not in seen:
-                seen.add(id(weight))
-                found.append((layer, weight))
-    return found
+    def __init__(self, pruner):
+        self._pruner = pruner
+
+    def serialize(self):
+        return json.dumps(self._pruner._keys())
+
+    def deserialize(self, string_value):
+        saved = json.loads(string_value)
+        self._pruner._check_keys(saved, "the checkpoint")
+
+
+class _MaskTable(tf.Module):
+    """Masks by weight key, so `tf.train.Checkpoint` names each by its weight."""
+
+    def __init__(self, masks: dict, manifest):
+        super().__init__(name=None)
+        self.masks = masks
+        self.manifest = manifest
 
 
 @keras.saving.register_keras_serializable(package="prunemix")
 class Pruner(keras.layers.Layer):
-    """Holds the masks, the pruning step and the schedule of one model.
+    """Holds the masks, the pruning step, the schedule and the policy of one model.
 
     State (all non-trainable, saved with the model):
-    - one `bool` mask per pruned weight (1 byte per weight);
+    - one `bool` mask per pruned weight (1 byte per weight), saved under the
+      weight's key, never by position;
     - `pruned_counts` (int64, one per pruned weight): zeros in each mask;
     - `pruning_step` (int64): how many times `apply()` ran, i.e. optimizer
-      updates seen;
-    - `sparsity` (float32): fraction of pruned entries over all pruned
-      weights after the last mask update.
+      updates seen.
+
+    `sparsity` (pruned fraction over all pruned weights) is derived from the
+    counts. The policy is resolved once, at `track`, into one spec per weight
+    (schedule, pattern, score, bounds); the resolution is saved and a reload
+    uses it instead of matching the rules again.
 
     It is a layer only so Keras tracks and saves its variables; it is never
     called on data, so `predict` and `evaluate` pay nothing.
@@ -77,6 +100,9 @@ class Pruner(keras.layers.Layer):
     Args:
         pruning_schedule: a `prunemix` schedule or a callable
             `step -> sparsity`.
+        pruning_policy: optional list of `prunemix.Rule`s.
+        resolution: a saved resolution (from `get_config()`); used instead of
+            matching the rules. You do not pass it yourself.
         **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Example:
@@ -90,13 +116,24 @@ class Pruner(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, pruning_schedule: Any, pruning_policy: Any = None, **kwargs):
+    _prunemix_is_pruner = True
+
+    def __init__(
+        self,
+        pruning_schedule: Any,
+        pruning_policy: Any = None,
+        resolution: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.pruning_schedule = schedules.get(pruning_schedule)
         self.pruning_policy = policy.get_policy(pruning_policy)
+        self._resolution = resolution
         self.pruned_weights = []
+        self.skipped = []
         self._groups = []
         self._apply_masks_xla = None
+        self.expect_state(True)
 
     def track(self, model) -> Pruner:
         """Creates a mask for every prunable weight of `model` (built).
@@ -111,114 +148,115 @@ class Pruner(keras.layers.Layer):
             ValueError: if `model` is not built, has no prunable weights, or a
                 layer declares a weight that is missing or not a float; if a
                 policy rule matches no weight, excludes every weight, or gives
-                a weight a pattern it cannot handle.
+                a weight a pattern it cannot handle; if the schedule returns a
+                value that is not a sparsity; if a saved resolution names
+                weights the model does not have.
         """
         if self.built:
             raise ValueError(f"Pruner '{self.name}' already tracks a model.")
-        pairs = find_prunable_weights(model)
-        if not pairs and not model.built:
+        located = locate_prunable_weights(model)
+        if not located and not model.built:
             raise ValueError(
                 f"Model '{model.name}' is not built yet; call it on data or "
                 "`build()` it before tracking its weights."
             )
-        if not pairs:
+        if not located:
             raise ValueError(
                 f"Model '{model.name}' has no prunable weights. Built-in layers "
                 "(Dense, Conv*, Embedding, RNN cells, MultiHeadAttention, ...) are "
                 "found at any depth; custom layers declare theirs with "
                 "`PrunableMixin`, `@prunable(...)` or `get_prunable_weights()`."
             )
-        chosen = self._apply_policy(model, pairs)
-        for layer, weight, rule, pattern in chosen:
+        if self._resolution is None:
+            specs = policy.resolve(self.pruning_policy, located, self.pruning_schedule, model.name)
+        else:
+            specs = self._saved_specs(located, model)
+        self.skipped = [path for _, weight, path, _ in located if not math.prod(weight.shape)]
+        masks = {}
+        for layer, weight, path, key in located:
+            if key not in specs:
+                continue
             mask = self.add_weight(
-                name=f"{weight.name}_mask",
-                shape=weight.shape,
-                dtype="bool",
-                initializer="ones",
-                trainable=False,
-                aggregation="only_first_replica",
+                name=f"{key.replace('/', '.')}_mask", shape=weight.shape, dtype="bool",
+                initializer="ones", trainable=False, aggregation="only_first_replica",
             )
-            self.pruned_weights.append(
-                PrunedWeight(
-                    layer, weight, mask, weight.path,
-                    schedule=rule.schedule_for(self.pruning_schedule),
-                    pattern=pattern, score=rule.score,
-                    bounds=(rule.min_sparsity, rule.max_sparsity),
-                )
-            )
-        self._groups = self._schedule_groups()
+            masks[key] = mask
+            self.pruned_weights.append(PrunedWeight(layer, weight, mask, path, specs[key]))
+        self._groups = self._make_groups()
+        if tf.executing_eagerly():
+            for schedule in {p.schedule for p in self.pruned_weights}:
+                schedules.check_values(schedule)
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer="zeros",
             trainable=False, aggregation="only_first_replica",
         )
-        self.sparsity = self.add_weight(
-            name="sparsity", shape=(), dtype="float32", initializer="zeros",
-            trainable=False, aggregation="only_first_replica",
-        )
-        # Pruned entries per weight, as the patterns report them: the overall
-        # sparsity without a pass over every mask.
         self.pruned_counts = self.add_weight(
             name="pruned_counts", shape=(len(self.pruned_weights),), dtype="int64",
             initializer="zeros", trainable=False, aggregation="only_first_replica",
         )
+        # The last step whose schedule value was not a sparsity (0: none) and
+        # the value: masks stay as they were; `PrunedModel.fit` raises. Not saved.
+        self.invalid_target = self.add_weight(
+            name="invalid_target", shape=(2,), dtype="float64", initializer="zeros",
+            trainable=False, aggregation="only_first_replica",
+        )
         self._index = {id(p): i for i, p in enumerate(self.pruned_weights)}
+        self._total = sum(math.prod(p.weight.shape) for p in self.pruned_weights)
+        self._by_key = _MaskTable(masks, _Manifest(self))
         self.built = True
         return self
 
-    def _apply_policy(self, model, pairs) -> list:
-        """`(layer, weight, rule, pattern)` for every weight the policy prunes."""
-        rules = self.pruning_policy
-        used = [False] * len(rules)
-        chosen = []
-        for layer, weight in pairs:
-            rule = None
-            for i, candidate in enumerate(rules):
-                if candidate.matches(layer, weight):
-                    used[i], rule = True, candidate
-                    break
-            rule = rule or policy.Rule()
-            if rule.exclude:
-                continue
-            # The rule's pattern, else the layer class's default, else Magnitude.
-            pattern = rule.pattern or getattr(layer, "pruning_pattern", None)
-            pattern = patterns.get(pattern)
-            pattern.check(layer, weight)
-            chosen.append((layer, weight, rule, pattern))
-        for i, rule in enumerate(rules):
-            if not used[i]:
-                layers = ", ".join(sorted({layer.path or layer.name for layer, _ in pairs}))
-                raise ValueError(
-                    f"Pruning policy rule {i} (match={rule.match!r}) matches no prunable "
-                    f"weight of model '{model.name}' that an earlier rule did not take. "
-                    f"Layers with prunable weights: {layers}."
-                )
-        if not chosen:
-            raise ValueError(
-                f"The pruning policy of model '{model.name}' excludes every prunable weight."
-            )
-        return chosen
+    def _saved_specs(self, located, model) -> dict:
+        specs = policy.deserialize_resolution(self._resolution)
+        self._check_keys(list(specs), f"the saved pruning state of model '{model.name}'",
+                         own=[key for _, _, _, key in located], subset=True)
+        return specs
 
-    def _schedule_groups(self) -> list:
-        """`(schedule, [pruned weights])` per distinct schedule, in order."""
-        groups = {}
-        for pruned_weight in self.pruned_weights:
-            schedule = pruned_weight.schedule
-            key = repr(keras.saving.serialize_keras_object(schedule))
-            groups.setdefault(key, (schedule, []))[1].append(pruned_weight)
-        pooled = [p for p in self.pruned_weights if p.pattern.is_global]
-        if len({repr(keras.saving.serialize_keras_object(p.schedule)) for p in pooled}) > 1:
+    def _keys(self) -> list:
+        return [p.key for p in self.pruned_weights]
+
+    def _check_keys(self, saved: list, where: str, own: list | None = None,
+                    subset: bool = False) -> None:
+        """Raises unless `saved` names exactly this pruner's weights (or, with
+        `subset`, only weights among `own`)."""
+        own = self._keys() if own is None else own
+        missing = [k for k in saved if k not in own]
+        extra = [] if subset else [k for k in own if k not in saved]
+        if missing or extra:
             raise ValueError(
-                "GlobalMagnitude: every weight sharing the global threshold must "
-                "follow the same schedule; these do not: "
-                + ", ".join(p.path for p in pooled) + "."
+                f"Pruning state mismatch: {where} is for pruned weights {sorted(saved)}; "
+                f"pruner '{self.name}' {'has' if subset else 'prunes'} {sorted(own)}"
+                + (f". Only in {where}: {missing}" if missing else "")
+                + (f". Only in the model: {extra}" if extra else "")
+                + ". Load it into a model with the same layers and pruning policy, or load "
+                "a dense weights file to start the masks afresh."
             )
-        return list(groups.values())
+
+    def _make_groups(self) -> list:
+        """`(schedule, pattern, [pruned weights])` per distinct pair, in order.
+
+        Schedules compare by meaning: built-in ones by their config, any other
+        (a callable, a custom class) by identity, so two callables never share
+        an update.
+        """
+        groups = {}
+        for p in self.pruned_weights:
+            groups.setdefault((p.schedule, p.pattern), []).append(p)
+        return [(schedule, pattern, members) for (schedule, pattern), members in groups.items()]
 
     def _check_built(self):
         if not self.built:
             raise ValueError(
                 f"Pruner '{self.name}' tracks no model yet; call `track(model)` first."
             )
+
+    @property
+    def sparsity(self):
+        """Fraction of pruned entries over all pruned weights (float32 scalar
+        tensor), from `pruned_counts`."""
+        self._check_built()
+        pruned = ops.sum(ops.cast(self.pruned_counts, "float64"))
+        return ops.cast(pruned / max(self._total, 1), "float32")
 
     def update_masks(self, step=None):
         """Recomputes every mask for the schedules' sparsity at `step`.
@@ -230,50 +268,39 @@ class Pruner(keras.layers.Layer):
             The new overall sparsity (float32 scalar tensor).
         """
         self._check_built()
-        if step is None:
-            step = self.pruning_step
-        step = ops.convert_to_tensor(step)
-        for schedule, group in self._groups:
-            self._update_group(schedule, group, step)
-        return self._recount()
+        step = ops.convert_to_tensor(self.pruning_step if step is None else step)
+        for schedule in dict.fromkeys(s for s, _, _ in self._groups):
+            self._update_schedule(schedule, step)
+        return self.sparsity
 
-    def _update_group(self, schedule, group, step):
+    def _update_schedule(self, schedule, step):
+        """Updates every group that follows `schedule`, if its value is valid."""
         target = schedule(step)
-        updates = []  # (pruned weight, keep mask, pruned count)
-        pooled = [p for p in group if p.pattern.is_global]
-        if pooled:
-            new = patterns.global_masks(
-                [p.scores() for p in pooled], target, [p.bounds for p in pooled]
-            )
-            for pruned_weight, keep in zip(pooled, new, strict=True):
-                count = ops.sum(ops.cast(ops.logical_not(keep), "int32"))
-                updates.append((pruned_weight, keep, count))
-        for pruned_weight in group:
-            if pruned_weight.pattern.is_global:
-                continue
-            low, high = pruned_weight.bounds
-            sparsity = ops.clip(target, low, high)
-            keep, count = pruned_weight.pattern.mask_and_count(pruned_weight.scores(), sparsity)
-            if isinstance(pruned_weight.pattern, patterns.NMSparsity):
-                # A fixed pattern: nothing is pruned while the target is 0.
-                off = ops.less_equal(target, 0.0)
-                keep = ops.logical_or(keep, off)
-                count = ops.where(off, 0, count)
-            updates.append((pruned_weight, keep, count))
-        for pruned_weight, keep, _ in updates:
-            pruned_weight.mask.assign(keep)
-        self.pruned_counts.assign(tf.tensor_scatter_nd_update(
-            ops.convert_to_tensor(self.pruned_counts),
-            [[self._index[id(p)]] for p, _, _ in updates],
-            ops.stack([ops.cast(count, "int64") for _, _, count in updates]),
-        ))
-        return ops.convert_to_tensor(True)
+        valid = ops.logical_and(ops.greater_equal(target, 0.0), ops.less(target, 1.0))
 
-    def _recount(self):
-        total = sum(math.prod(p.weight.shape) for p in self.pruned_weights)
-        pruned = ops.sum(ops.cast(self.pruned_counts, "float64"))
-        self.sparsity.assign(ops.cast(pruned / total, "float32"))
-        return ops.convert_to_tensor(self.sparsity)
+        def update():
+            indices, counts = [], []
+            for group_schedule, pattern, members in self._groups:
+                if group_schedule is not schedule:
+                    continue
+                keeps, group_counts = pattern.group_masks(
+                    [p.scores() for p in members], target, [p.bounds for p in members]
+                )
+                for p, keep, count in zip(members, keeps, group_counts, strict=True):
+                    p.mask.assign(keep)
+                    indices.append([self._index[id(p)]])
+                    counts.append(ops.cast(count, "int64"))
+            self.pruned_counts.assign(tf.tensor_scatter_nd_update(
+                ops.convert_to_tensor(self.pruned_counts), indices, ops.stack(counts)
+            ))
+            return ops.convert_to_tensor(True)
+
+        def reject():
+            bad = ops.stack([ops.cast(step, "float64"), ops.cast(target, "float64")])
+            self.invalid_target.assign(bad)
+            return ops.convert_to_tensor(False)
+
+        return ops.cond(valid, update, reject)
 
     def apply_masks(self) -> None:
         """Sets every pruned entry of every tracked weight to exactly zero."""
@@ -324,39 +351,124 @@ class Pruner(keras.layers.Layer):
     def _apply(self, advance, distributed: bool):
         self.pruning_step.assign_add(ops.cast(advance, "int64"))
         step = ops.convert_to_tensor(self.pruning_step)
-        dues = [
-            ops.logical_and(advance, schedule.should_prune(step)) for schedule, _ in self._groups
-        ]
+        by_schedule = list(dict.fromkeys(s for s, _, _ in self._groups))
+        dues = [ops.logical_and(advance, s.should_prune(step)) for s in by_schedule]
 
         def update():
             # One `cond` per step in the common one-schedule case (each cond
             # costs a function call on CPU); nested ones only when due.
-            if len(self._groups) == 1:
-                self._update_group(*self._groups[0], step)
+            if len(by_schedule) == 1:
+                self._update_schedule(by_schedule[0], step)
             else:
-                for due, (schedule, group) in zip(dues, self._groups, strict=True):
+                for due, schedule in zip(dues, by_schedule, strict=True):
                     ops.cond(
                         due,
-                        lambda schedule=schedule, group=group: self._update_group(
-                            schedule, group, step
-                        ),
+                        lambda schedule=schedule: self._update_schedule(schedule, step),
                         lambda: ops.convert_to_tensor(False),
                     )
-            return self._recount()
+            return ops.convert_to_tensor(True)
 
         any_due = dues[0] if len(dues) == 1 else ops.any(ops.stack(dues))
-        sparsity = ops.cond(any_due, update, lambda: ops.convert_to_tensor(self.sparsity))
+        ops.cond(any_due, update, lambda: ops.convert_to_tensor(False))
         if distributed:
             self._apply_masks()
         else:
             self.apply_masks()
-        return sparsity
+        return self.sparsity
+
+    # -- saving: by key, never by position ------------------------------------
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return  # tracks nothing yet: no state
+        manifest = {
+            "format": FORMAT_VERSION,
+            "keys": self._keys(),
+            "shapes": [list(p.weight.shape) for p in self.pruned_weights],
+        }
+        store["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+        store["pruning_step"] = np.asarray(self.pruning_step.numpy())
+        store["pruned_counts"] = np.asarray(self.pruned_counts.numpy())
+        for i, p in enumerate(self.pruned_weights):
+            store[f"mask_{i}"] = np.asarray(p.mask.numpy())
+
+    def expect_state(self, expected: bool) -> None:
+        """Whether the next load must find pruning state (False: a dense file).
+
+        Keras retries a failed `load_own_variables` at every path the pruner is
+        reachable by, and an empty store there must not pass for "no state":
+        it re-raises the first failure, or says the state is missing.
+        """
+        self._expect_saved_state = expected
+        self._load_error = None
+
+    def load_own_variables(self, store):
+        if not len(store):
+            if self._load_error is not None:
+                raise self._load_error
+            if self.built and self._expect_saved_state:
+                raise ValueError(f"No pruning state for pruner '{self.name}' at this path.")
+            return  # a dense weights file: the masks start afresh
+        try:
+            self._load(store)
+        except Exception as error:
+            self._load_error = error
+            raise
+        self._load_error = None
+
+    def _load(self, store):
+        self._check_built()
+        if "manifest" not in store:
+            return self._load_format_1(store)
+        manifest = json.loads(bytes(np.asarray(store["manifest"], np.uint8)).decode())
+        if manifest.get("format", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"The file was saved with prunemix pruning-state format "
+                f"{manifest.get('format')!r}; this prunemix reads format {FORMAT_VERSION} "
+                "and older. Upgrade prunemix."
+            )
+        saved = manifest["keys"]
+        self._check_keys(saved, "the file")
+        counts = np.asarray(store["pruned_counts"])
+        for p in self.pruned_weights:
+            i = saved.index(p.key)
+            value = np.asarray(store[f"mask_{i}"])
+            if value.shape != tuple(p.weight.shape):
+                raise ValueError(
+                    f"Pruning state mismatch: the file's mask for '{p.key}' has shape "
+                    f"{value.shape}; the weight has shape {tuple(p.weight.shape)}."
+                )
+            p.mask.assign(value.astype(bool))
+        self.pruned_counts.assign(
+            np.asarray([counts[saved.index(p.key)] for p in self.pruned_weights], np.int64)
+        )
+        self.pruning_step.assign(np.asarray(store["pruning_step"]))
+
+    def _load_format_1(self, store):
+        """Format 1: masks..., pruning_step, sparsity, pruned_counts by position."""
+        n = len(self.pruned_weights)
+        values = [np.asarray(store[str(i)]) for i in range(len(store))]
+        shapes = [tuple(p.weight.shape) for p in self.pruned_weights]
+        if len(values) != n + 3 or [v.shape for v in values[:n]] != shapes:
+            raise ValueError(
+                f"This file holds pruning state in prunemix format 1 (masks by position) "
+                f"for {max(len(values) - 3, 0)} weights of shapes "
+                f"{[v.shape for v in values[:-3]]}; pruner '{self.name}' prunes "
+                f"{self._keys()} of shapes {shapes}. Load it with the model and policy that "
+                "wrote it, save it again to get format 2, or load a dense weights file."
+            )
+        for p, value in zip(self.pruned_weights, values[:n], strict=True):
+            p.mask.assign(value.astype(bool))
+        self.pruning_step.assign(values[n])
+        self.pruned_counts.assign(values[n + 2].astype(np.int64))
 
     def get_config(self) -> dict:
-        return {
+        config = {
             **super().get_config(),
-            "pruning_schedule": keras.saving.serialize_keras_object(
-                self.pruning_schedule
-            ),
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
             "pruning_policy": policy.serialize_policy(self.pruning_policy),
+            "resolution": self._resolution,
         }
+        if self.built:
+            config["resolution"] = policy.serialize_resolution(self.pruned_weights)
+        return config

@@ -28,7 +28,9 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule", "get"]
+__all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule", "check_values", "get"]
+
+_PROBE_STEPS = (0, 1, 2, 10, 100, 1000, 10_000, 100_000, 1_000_000)
 
 
 def _check_sparsity(name: str, value: Any) -> float:
@@ -63,6 +65,14 @@ def _check_steps(begin_step: Any, end_step: Any, frequency: Any, allow_forever: 
             + (" (or -1 to prune forever)" if allow_forever else "")
             + f". Received: begin_step={begin_step}, end_step={end_step}"
         )
+    if end_step == 0:
+        # Pruning steps count optimizer updates and start at 1.
+        raise ValueError(
+            "`end_step` leaves no step to prune at: pruning steps count optimizer "
+            "updates and start at 1, so `end_step` must be >= 1"
+            + (" (or -1 to prune forever)" if allow_forever else "")
+            + f". Received: begin_step={begin_step}, end_step={end_step}"
+        )
     frequency = _check_int("frequency", frequency, 1)
     return begin_step, end_step, frequency
 
@@ -94,6 +104,13 @@ class PruningSchedule:
     def from_config(cls, config: dict):
         return cls(**config)
 
+    def __repr__(self) -> str:
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        except NotImplementedError:
+            args = "..."
+        return f"{type(self).__name__}({args})"
+
 
 class _StepRange(PruningSchedule):
     """Shared `[begin_step, end_step]` every-`frequency` logic (tfmot's rule).
@@ -105,6 +122,18 @@ class _StepRange(PruningSchedule):
     `frequency` steps still prunes (with tfmot the first update only lands at
     step `begin_step + frequency` when `begin_step` is 0).
     """
+
+    # Built-in schedules are fully described by their config: two equal
+    # configs mean the same schedule (and share one mask-update group).
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+    def probe_steps(self) -> list:
+        end = self.end_step if self.end_step != -1 else self.begin_step + 10 * self.frequency
+        return sorted({0, 1, self.begin_step, (self.begin_step + end) // 2, end, 2 * end + 1})
 
     def should_prune(self, step):
         step = ops.cast(step, "int64")
@@ -248,6 +277,19 @@ class _FunctionSchedule(PruningSchedule):
     def __call__(self, step):
         return ops.cast(self.fn(step), "float64")
 
+    def raw(self, step):
+        return self.fn(step)
+
+    def __eq__(self, other) -> bool:
+        # Two callables never mean the same schedule, whatever their names.
+        return type(self) is type(other) and self.fn is other.fn
+
+    def __hash__(self) -> int:
+        return hash(id(self.fn))
+
+    def __repr__(self) -> str:
+        return f"schedule {getattr(self.fn, '__qualname__', self.fn)!r}"
+
     def get_config(self) -> dict:
         return {"fn": keras.saving.serialize_keras_object(self.fn)}
 
@@ -300,3 +342,56 @@ def with_final_sparsity(schedule: PruningSchedule, sparsity: float) -> PruningSc
         f"Cannot set a final sparsity on {type(schedule).__name__}; give the rule "
         "its own `schedule=` instead."
     )
+
+
+def check_values(schedule: PruningSchedule) -> None:
+    """Evaluates `schedule` eagerly at representative steps and checks each value.
+
+    Called when a pruner is built, so a schedule that returns a sparsity
+    outside [0, 1), NaN, or anything but a float scalar is an error then,
+    not a silent 100 % or a negative count inside a compiled step.
+
+    Raises:
+        ValueError: naming the schedule, the step and the value.
+    """
+    steps = getattr(schedule, "probe_steps", lambda: _PROBE_STEPS)()
+    raw = getattr(schedule, "raw", schedule)
+    for step in steps:
+        value = raw(ops.convert_to_tensor(step, "int64"))
+        problem = _value_problem(value)
+        if problem:
+            raise ValueError(
+                f"Pruning {schedule!r} returned {_show(value)} at step {step}: {problem}. "
+                "A schedule must return a float sparsity in [0, 1) (a fraction, not a "
+                "percentage)."
+            )
+
+
+def _value_problem(value) -> str | None:
+    if isinstance(value, bool):
+        return "a bool is not a sparsity"
+    if isinstance(value, numbers.Real):
+        shape, floating = (), isinstance(value, float)
+    else:
+        try:
+            tensor = ops.convert_to_tensor(value)
+        except Exception:  # noqa: BLE001 - any unconvertible value is reported
+            return f"not a number ({type(value).__name__})"
+        shape, floating = tuple(tensor.shape), "float" in str(tensor.dtype)
+    if shape != ():
+        return f"not a scalar (shape {shape})"
+    if not floating:
+        return "not a float"
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if not 0.0 <= number < 1.0:
+        return "outside [0, 1)"
+    return None
+
+
+def _show(value) -> str:
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return repr(value)

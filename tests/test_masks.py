@@ -91,3 +91,31 @@ def test_ties_across_many_blocks_are_pruned_in_flat_order():
     want = np.ones(5000, bool)
     want[ones[:k]] = False
     np.testing.assert_array_equal(mask, want)
+
+
+# -- fuzzed against a numpy reference, NaN and ties included -------------------------
+
+# Few distinct values (exact in float32) so ties are common; NaN and inf too.
+VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 3.0, -3.0, np.inf, -np.inf, np.nan])
+
+
+def reference_order(scores):
+    """Flat indices from lowest to highest rank: |x| ascending, NaN last, ties by index."""
+    flat = np.asarray(scores, np.float32).ravel()
+    magnitude = np.nan_to_num(np.abs(flat), nan=0.0, posinf=np.inf)
+    return np.lexsort((np.arange(flat.size), magnitude, np.isnan(flat)))
+
+
+def reference_lowest_k(scores, k):
+    keep = np.ones(np.asarray(scores).size, bool)
+    keep[reference_order(scores)[:k]] = False
+    return keep.reshape(np.shape(scores))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(VALUES, min_size=1, max_size=40), st.data())
+def test_lowest_k_mask_matches_numpy_reference(values, data):
+    scores = np.array(values, np.float32)
+    k = data.draw(st.integers(0, scores.size))
+    np.testing.assert_array_equal(masks.lowest_k_mask(scores, k).numpy(),
+                                  reference_lowest_k(scores, k))

@@ -182,20 +182,26 @@ def test_mixed_subclassed_model_prunes_every_declared_weight(mode):
     zeros_at_init = {v.path: int(np.sum(v.numpy() == 0)) for v in model.weights}
     model.fit((image, tokens), y, batch_size=8, epochs=2, verbose=0)
     pruned = {id(p.weight): p for p in model.pruner.pruned_weights}
-    declared = {
-        model.conv._kernel.path, model.embed._embeddings.path,
-        model.lstm.cell.kernel.path, model.lstm.cell.recurrent_kernel.path,
-        model.gated.kernel.path, model.gated.gate.path,
-        model.tower.blocks[0]._kernel.path, model.tower.blocks[1]._kernel.path,
-        model.tower.named["scale"].w.path, model.tfmot_style.kernel.path,
-        model.head._kernel.path,
-    } | {
-        layer._kernel.path for layer in (
+    declared = [
+        model.conv._kernel, model.embed._embeddings,
+        model.lstm.cell.kernel, model.lstm.cell.recurrent_kernel,
+        model.gated.kernel, model.gated.gate,
+        model.tower.blocks[0]._kernel, model.tower.blocks[1]._kernel,
+        model.tower.named["scale"].w, model.tfmot_style.kernel,
+        model.head._kernel,
+    ] + [
+        layer._kernel for layer in (
             model.attention._query_dense, model.attention._key_dense,
             model.attention._value_dense, model.attention._output_dense,
         )
-    }
-    assert {p.path for p in pruned.values()} == declared
+    ]
+    assert set(pruned) == {id(v) for v in declared}
+    # Keys follow the attributes that hold each layer; paths follow layer names.
+    keys = {p.key: p for p in pruned.values()}
+    assert keys["tower/blocks/1/kernel"].weight is model.tower.blocks[1]._kernel
+    assert keys["tower/named/scale/w"].weight is model.tower.named["scale"].w
+    assert keys["attention/_query_dense/kernel"].path == f"{model.attention.name}/query/kernel"
+    assert keys["lstm/cell/recurrent_kernel"].weight is model.lstm.cell.recurrent_kernel
     for variable in model.weights:
         if variable.path.startswith(model.pruner.path or "pruner"):
             continue

@@ -6,9 +6,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import prunemix
 from tests.layers import Scale
+from tests.test_masks import VALUES, reference_lowest_k, reference_order
 
 RNG = np.random.default_rng(1)
 X = RNG.random((32, 8, 8, 4)).astype("float32")
@@ -103,7 +107,7 @@ def test_policy_is_saved_with_the_model(tmp_path):
 def test_policy_errors_name_the_rule_and_the_layers():
     with pytest.raises(ValueError, match=r"rule 0 \(match='hiden'\) matches no prunable"):
         convnet([prunemix.Rule("hiden", exclude=True)])
-    with pytest.raises(ValueError, match="conv, head, hidden"):
+    with pytest.raises(ValueError, match="conv/kernel, head/kernel, hidden/kernel"):
         convnet([prunemix.Rule(keras.layers.Embedding, final_sparsity=0.9)])
     with pytest.raises(ValueError, match="rule 1 .* earlier rule"):
         convnet([prunemix.Rule("*", exclude=False), prunemix.Rule("head", exclude=True)])
@@ -481,3 +485,53 @@ def test_bad_default_pattern_is_an_error_at_class_creation():
         class BadMixin(prunemix.PrunableMixin, keras.layers.Dense):
             prunable_weights = ("kernel",)
             pruning_pattern = 3
+
+
+# -- fuzzed against numpy references, NaN and ties included ---------------------------
+
+def reference_nm(scores, n, m, axis):
+    moved = np.moveaxis(np.asarray(scores, np.float32), axis, -1)
+    keep = np.ones(moved.shape, bool).reshape(-1, m)
+    for row, group in zip(keep, moved.reshape(-1, m), strict=True):
+        row[reference_order(group)[:n]] = False
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_nm_sparsity_matches_numpy_reference(data):
+    n, m = data.draw(st.sampled_from([(1, 2), (2, 4), (1, 4), (3, 4)]))
+    axis = data.draw(st.sampled_from([0, 1]))
+    shape = [data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))]
+    shape[axis] *= m
+    scores = data.draw(hnp.arrays(np.float32, tuple(shape), elements=VALUES))
+    got = prunemix.NMSparsity(n, m, axis=axis).mask(scores, 0.5).numpy()
+    np.testing.assert_array_equal(got, reference_nm(scores, n, m, axis))
+
+
+def reference_blocks(scores, block, sparsity, pooling):
+    scores = np.abs(np.asarray(scores, np.float32))
+    rows, cols = -(-scores.shape[0] // block[0]), -(-scores.shape[1] // block[1])
+    pooled = np.zeros((rows, cols), np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            part = scores[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]]
+            if pooling == "max":
+                pooled[i, j] = np.nan if np.isnan(part).any() else part.max()
+            else:
+                pooled[i, j] = part.sum(dtype=np.float32) / np.float32(part.size)
+    keep_blocks = reference_lowest_k(pooled, round(sparsity * pooled.size))
+    keep = np.repeat(np.repeat(keep_blocks, block[0], axis=0), block[1], axis=1)
+    return keep[: scores.shape[0], : scores.shape[1]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_block_sparsity_matches_numpy_reference(data):
+    block = data.draw(st.sampled_from([(1, 2), (2, 1), (2, 2), (1, 4), (4, 1)]))
+    pooling = data.draw(st.sampled_from(["avg", "max"]))
+    shape = (data.draw(st.integers(block[0], 6)), data.draw(st.integers(block[1], 6)))
+    scores = data.draw(hnp.arrays(np.float32, shape, elements=VALUES))
+    sparsity = data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9]))
+    got = prunemix.BlockSparsity(block, pooling).mask(scores, sparsity).numpy()
+    np.testing.assert_array_equal(got, reference_blocks(scores, block, sparsity, pooling))

@@ -177,9 +177,9 @@ def test_truncated_or_newer_keras_files_are_errors(tmp_path):
         for item in src.infolist():
             content = src.read(item.filename)
             if item.filename == "config.json":
-                content = content.replace(b'"prunemix_format": 1', b'"prunemix_format": 99')
+                content = content.replace(b'"prunemix_format": 2', b'"prunemix_format": 99')
             dst.writestr(item, content)
-    with pytest.raises(ValueError, match="format 99; this prunemix reads format 1"):
+    with pytest.raises(ValueError, match="format 99; this prunemix reads format 2"):
         keras.saving.load_model(tmp_path / "new.keras")
     with pytest.raises(ValueError, match="format 99"):
         prunemix.load_model(tmp_path / "new.keras")
@@ -236,7 +236,7 @@ def test_prune_model_errors():
     with pytest.raises(ValueError, match="not built"):
         prunemix.prune_model(keras.Sequential([keras.layers.Dense(2)]),
                              prunemix.ConstantSparsity(0.5))
-    with pytest.raises(ValueError, match="selects no prunable weight .* hidden, out"):
+    with pytest.raises(ValueError, match="selects no prunable weight .* hidden/kernel, out/kernel"):
         prunemix.prune_model(pretrained("functional"), prunemix.ConstantSparsity(0.5),
                              layers=[keras.layers.Conv2D])
     with pytest.raises(ValueError, match="name='digits 90%' is not a valid model name"):
