@@ -6,6 +6,7 @@ Keep this module small: each helper names the private attribute it relies on.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import keras
 
@@ -160,9 +161,12 @@ def capture_init_config(instance, cls, args, kwargs, serialize: dict) -> None:
     config |= config.pop(spec.varkw, {}) if spec.varkw else {}
     config.pop("name", None)
     try:
-        for key, function in serialize.items():
-            if config.get(key) is not None:
-                config[key] = function(config[key])
+        # Keras warns about lambdas when the model is saved; not here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for key, function in serialize.items():
+                if config.get(key) is not None:
+                    config[key] = function(config[key])
     except Exception:  # noqa: BLE001 - not serializable: the class needs its own get_config
         return
     plain = (str, int, float, bool, type(None))
