@@ -21,6 +21,7 @@ setup(
     extras_require={
         "examples": ["scikit-learn>=1.3"],
         "plot": ["matplotlib>=3.7"],
+        "litert": ["ai-edge-litert>=2.3"],
         "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "scikit-learn>=1.3"],
     },
     license="Apache-2.0",

@@ -13,11 +13,22 @@ with _quiet.native_stderr_silenced(_quiet.running_cli()):
     import tensorflow  # noqa: F401  (first import: quiet under `python -m prunemix`)
 from prunemix.callbacks import PruningSummaries
 from prunemix.export import strip_pruning, to_tflite
+from prunemix.litert import (
+    TfliteOp,
+    TfliteReport,
+    XnnpackLayer,
+    XnnpackReport,
+    latency_policy,
+    make_interpreter,
+    tflite_report,
+    xnnpack_sparse_report,
+)
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
 from prunemix.model import PrunedModel
 from prunemix.patterns import (
     BlockSparsity,
     GlobalMagnitude,
+    InputBlockSparsity,
     Magnitude,
     NMSparsity,
     PruningPattern,
@@ -41,6 +52,7 @@ __all__ = [
     "BlockSparsity",
     "ConstantSparsity",
     "GlobalMagnitude",
+    "InputBlockSparsity",
     "Magnitude",
     "NMSparsity",
     "PolynomialDecay",
@@ -54,13 +66,19 @@ __all__ = [
     "Rule",
     "SparsityReport",
     "StructuredSparsity",
+    "TfliteOp",
+    "TfliteReport",
     "WeightSparsity",
+    "XnnpackLayer",
+    "XnnpackReport",
     "__version__",
     "compressed_size",
     "find_prunable_weights",
+    "latency_policy",
     "load_model",
     "lowest_k_mask",
     "magnitude_mask",
+    "make_interpreter",
     "prunable",
     "prunable_weights_of",
     "prune_model",
@@ -68,5 +86,7 @@ __all__ = [
     "shrink_dense",
     "sparsity_report",
     "strip_pruning",
+    "tflite_report",
     "to_tflite",
+    "xnnpack_sparse_report",
 ]

@@ -1,4 +1,5 @@
-"""Command line: `python -m prunemix report model.keras`, `... strip in.keras out.keras`.
+"""Command line: `python -m prunemix report model.keras`, `... strip in.keras out.keras`,
+`... tflite model.tflite`.
 
 Exit status: 0 on success, 1 for a model with no pruning state, 2 for a
 missing or unreadable file or bad arguments.
@@ -113,6 +114,18 @@ def report(path: str) -> str:
     return "\n".join(lines)
 
 
+def tflite(path: str) -> str:
+    """The text `python -m prunemix tflite` prints."""
+    from prunemix.litert import tflite_report
+
+    if not os.path.exists(path):
+        raise CliError(f"no such file: {path}", 2)
+    try:
+        return f"{path}\n\n{tflite_report(path)}"
+    except ValueError as error:
+        raise CliError(f"{path}: {error}", 2) from None
+
+
 def strip(source: str, target: str) -> str:
     """Writes the stripped model; returns the message to print."""
     from prunemix import export, report
@@ -142,6 +155,10 @@ def main(argv=None) -> int:
     st = commands.add_parser("strip", help="write the model without pruning state")
     st.add_argument("source")
     st.add_argument("target")
+    tfl = commands.add_parser(
+        "tflite", help="how each op's weights are stored in a .tflite file (sparse kernel?)"
+    )
+    tfl.add_argument("model")
     args = parser.parse_args(argv)
     with native_stderr_silenced():
         import prunemix  # noqa: F401
@@ -153,6 +170,8 @@ def main(argv=None) -> int:
                 raise CliError(f"cannot import {module}: {error}", 2) from error
         if args.command == "report":
             print(report(args.model))
+        elif args.command == "tflite":
+            print(tflite(args.model))
         else:
             print(strip(args.source, args.target))
     except CliError as error:

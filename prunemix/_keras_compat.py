@@ -104,6 +104,15 @@ def inbound_count(layer) -> int:
     return len(layer._inbound_nodes)
 
 
+def inbound_layers(layer) -> list:
+    """The layers whose outputs `layer` takes at its first call in a graph
+    (`Layer._inbound_nodes`, `Node.arguments`, `KerasTensor._keras_history`)."""
+    if not layer._inbound_nodes:
+        return []
+    node = layer._inbound_nodes[0]
+    return [t._keras_history.operation for t in node.arguments.keras_tensors]
+
+
 def functional_class():
     """`keras.src.models.functional.Functional` (not exported by Keras 3)."""
     from keras.src.models.functional import Functional
@@ -187,6 +196,7 @@ __all__ = [
     "capture_init_config",
     "functional_class",
     "inbound_count",
+    "inbound_layers",
     "is_default_build",
     "is_functional_call",
     "layer_paths",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 import keras
 import numpy as np
@@ -103,22 +104,38 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     return stripped
 
 
-def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
+def to_tflite(
+    model: keras.Model,
+    sparse: bool = True,
+    quantize: str | None = None,
+    representative_dataset: Any = None,
+) -> bytes:
     """Converts a (pruned) model to a LiteRT / TFLite flatbuffer.
 
     A `PrunedModel` is stripped first. The model is exported as a SavedModel
     (`model.export`, the supported path from Keras 3) and converted with
     `tf.lite.TFLiteConverter.from_saved_model`; with `sparse=True` the
     converter's `EXPERIMENTAL_SPARSITY` optimization stores sparse weights
-    in a compressed format. Run the result with `tf.lite.Interpreter` or
-    `ai_edge_litert.interpreter.Interpreter` (LiteRT from PyPI).
+    in a compressed format. `prunemix.tflite_report` says, op by op, whether
+    LiteRT then runs a sparse kernel or densifies the weight at load; prune
+    with `latency_policy()` for the former. Run the result with
+    `prunemix.make_interpreter` (LiteRT from PyPI, or `tf.lite.Interpreter`).
 
     Args:
         model: a built Keras model.
         sparse: whether to ask the converter for the sparse encoding.
+        quantize: None (float32), or `"int8"`: post-training dynamic-range
+            quantization of the weights, or full-integer quantization when
+            `representative_dataset` is given.
+        representative_dataset: for `quantize="int8"`, a callable yielding
+            lists of sample inputs (the converter's argument).
 
     Returns:
         The `.tflite` file contents.
+
+    Raises:
+        ValueError: for an unknown `quantize`, or a `representative_dataset`
+            without `quantize="int8"`.
 
     Example:
 
@@ -128,12 +145,19 @@ def to_tflite(model: keras.Model, sparse: bool = True) -> bytes:
     """
     import tensorflow as tf
 
+    if quantize not in (None, "int8"):
+        raise ValueError(f"`quantize` must be None or 'int8'. Received: quantize={quantize!r}")
+    if representative_dataset is not None and quantize != "int8":
+        raise ValueError("`representative_dataset` needs `quantize='int8'`.")
     model = strip_pruning(model)
     with tempfile.TemporaryDirectory() as directory:
         model.export(directory, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
-        if sparse:
-            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
+        if quantize == "int8":
+            optimizations.append(tf.lite.Optimize.DEFAULT)
+            if representative_dataset is not None:
+                converter.representative_dataset = representative_dataset
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.optimizations = optimizations
         return converter.convert()
-
-

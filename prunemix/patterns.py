@@ -40,11 +40,13 @@ from prunemix import masks
 __all__ = [
     "BlockSparsity",
     "GlobalMagnitude",
+    "InputBlockSparsity",
     "Magnitude",
     "NMSparsity",
     "PruningPattern",
     "StructuredSparsity",
     "input_axis",
+    "kernel_input_axes",
 ]
 
 
@@ -76,6 +78,16 @@ class PruningPattern:
 
     def check(self, layer, weight) -> None:
         """Raises `ValueError` if the pattern cannot handle `weight`."""
+
+    def bind(self, layer, weight) -> PruningPattern:
+        """The pattern for this one weight (called at build, after `check`).
+
+        Most patterns return themselves; a pattern whose shape depends on the
+        layer (`InputBlockSparsity`) returns a concrete one, which is what the
+        saved resolution records.
+        """
+        del layer, weight
+        return self
 
     def check_target(self, final_sparsity, bounds, where: str) -> None:
         """Raises `ValueError` if the pattern cannot honour a rule's own
@@ -259,6 +271,78 @@ class BlockSparsity(PruningPattern):
 
     def get_config(self) -> dict:
         return {"block_shape": list(self.block_shape), "pooling": self.pooling}
+
+
+def kernel_input_axes(layer, weight) -> tuple:
+    """The axes of a Dense or EinsumDense kernel that are summed with the input.
+
+    Dense `(in, out)`: `(0,)`. EinsumDense: the kernel's letters that appear in
+    the input spec and not in the output spec, from the layer's equation
+    (`"abc,cde->abde"` gives `(0,)`; `"abcd,cde->abe"`, an attention output
+    projection, gives `(0, 1)`). Other layers: `()`.
+    """
+    if isinstance(layer, keras.layers.EinsumDense) and weight is layer.kernel:
+        inputs, rest = layer.equation.split(",")
+        kernel, output = rest.split("->")
+        return tuple(i for i, c in enumerate(kernel) if c in inputs and c not in output)
+    if isinstance(layer, keras.layers.Dense) and len(weight.shape) == 2 and \
+            weight is layer.kernel:
+        return (0,)
+    return ()
+
+
+@keras.saving.register_keras_serializable(package="prunemix")
+class InputBlockSparsity(PruningPattern):
+    """Blocks of `size` consecutive inputs per output unit, for sparse kernels.
+
+    On a Dense kernel `(in, out)` this is `BlockSparsity((size, 1))`: what
+    LiteRT's sparse FULLY_CONNECTED kernel runs (1x4 blocks in its `(out, in)`
+    layout for float, 1x16 for int8). On an EinsumDense kernel the blocks lie
+    along the last input axis of its equation. Each weight gets the concrete
+    `BlockSparsity` at build time, so an exact number of blocks is pruned.
+
+    Args:
+        size: inputs per block (4 for float LiteRT, 16 for int8).
+
+    Raises:
+        ValueError: for a bad size; at build time, for a weight that is not a
+            Dense or EinsumDense kernel, or whose input length is not a
+            multiple of `size`.
+    """
+
+    def __init__(self, size: int = 4):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"InputBlockSparsity: `size` must be a positive int, got {size!r}.")
+        self.size = size
+
+    def _axis(self, layer, weight) -> int:
+        axes = kernel_input_axes(layer, weight)
+        if not axes:
+            raise ValueError(
+                f"InputBlockSparsity needs a Dense or EinsumDense kernel; "
+                f"{_label(layer, weight)} is not one."
+            )
+        return axes[-1]
+
+    def check(self, layer, weight) -> None:
+        axis = self._axis(layer, weight)
+        if weight.shape[axis] % self.size:
+            raise ValueError(
+                f"InputBlockSparsity({self.size}): {_label(layer, weight)} has "
+                f"{weight.shape[axis]} inputs along axis {axis}, not a multiple of "
+                f"{self.size}. Exclude it with a `prunemix.Rule`."
+            )
+
+    def bind(self, layer, weight) -> PruningPattern:
+        block = [1] * len(weight.shape)
+        block[self._axis(layer, weight)] = self.size
+        return BlockSparsity(tuple(block))
+
+    def mask_and_count(self, scores, sparsity):
+        raise ValueError("InputBlockSparsity is bound to each weight at build time.")
+
+    def get_config(self) -> dict:
+        return {"size": self.size}
 
 
 @keras.saving.register_keras_serializable(package="prunemix")
@@ -455,6 +539,7 @@ def get(identifier: Any) -> PruningPattern:
     names = {
         "magnitude": Magnitude, "global": GlobalMagnitude,
         "block": BlockSparsity, "n:m": NMSparsity, "structured": StructuredSparsity,
+        "input_blocks": InputBlockSparsity,
     }
     if isinstance(identifier, str) and identifier.lower() in names:
         return names[identifier.lower()]()
@@ -463,6 +548,7 @@ def get(identifier: Any) -> PruningPattern:
         if isinstance(pattern, PruningPattern):
             return pattern
     raise TypeError(
-        f"Expected a pruning pattern (Magnitude, GlobalMagnitude, BlockSparsity, "
-        f"NMSparsity, StructuredSparsity) or one of {sorted(names)}, got {identifier!r}."
+        "Expected a pruning pattern (Magnitude, GlobalMagnitude, BlockSparsity, "
+        "InputBlockSparsity, NMSparsity, StructuredSparsity) or one of "
+        f"{sorted(names)}, got {identifier!r}."
     )

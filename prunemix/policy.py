@@ -85,10 +85,13 @@ class Rule:
         min_sparsity: floor on each matched weight's sparsity.
         max_sparsity: ceiling on each matched weight's sparsity (with
             `GlobalMagnitude`, bounds on each weight's share).
+        required: if True (default), a rule that matches no weight is an
+            error at build time; rule sets meant for any model
+            (`latency_policy()`) use False.
 
     Raises:
-        ValueError: for a bad argument; at build time, if the rule matches
-            no prunable weight of the model.
+        ValueError: for a bad argument; at build time, if a required rule
+            matches no prunable weight of the model.
 
     Example:
 
@@ -112,8 +115,10 @@ class Rule:
         score: Callable | None = None,
         min_sparsity: float = 0.0,
         max_sparsity: float = 1.0,
+        required: bool = True,
     ):
         self.match = self._check_match(match)
+        self.required = bool(required)
         self.exclude = bool(exclude)
         self.schedule = None if schedule is None else schedules.get(schedule)
         self.final_sparsity = (
@@ -196,6 +201,7 @@ class Rule:
             "score": None if self.score is None else ser(self.score),
             "min_sparsity": self.min_sparsity,
             "max_sparsity": self.max_sparsity,
+            "required": self.required,
         }
 
     @classmethod
@@ -283,11 +289,12 @@ def resolve(rules: list, located: list, default_schedule, model_name: str) -> di
             continue
         pattern = patterns.get(rule.pattern or getattr(layer, "pruning_pattern", None))
         pattern.check(layer, weight)
+        pattern = pattern.bind(layer, weight)
         bounds = (rule.min_sparsity, rule.max_sparsity)
         pattern.check_target(rule.final_sparsity, bounds, _label(path, layer))
         specs[key] = Spec(key, rule.schedule_for(default_schedule), pattern, rule.score, bounds)
     for i, rule in enumerate(rules):
-        if not used[i]:
+        if not used[i] and rule.required:
             paths = ", ".join(sorted({path for _, _, path, _ in located}))
             raise ValueError(
                 f"Pruning policy rule {i} (match={rule.match!r}) matches no prunable "

@@ -92,3 +92,10 @@ def test_api_reference_matches_the_docstrings():
             continue
         first = inspect.getdoc(getattr(prunemix, name)).split("\n")[0].replace("|", "\\|")
         assert f"| `{name}` (" in text and first in text, name
+
+
+def test_prune_for_speed_snippet(readme_run):
+    _, snapshots = readme_run
+    report = snapshots[6]["report"]
+    assert [(r.shape, r.storage, r.block) for r in report if r.op == "FULLY_CONNECTED"] == [
+        ((64, 20), "sparse kernel", (1, 4)), ((10, 64), "dense", ())]
