@@ -91,7 +91,7 @@ def report(path: str) -> str:
         )
     table = reporting.SparsityReport()
     for key, mask in state["masks"].items():
-        layer, _, weight = key.rpartition("/")
+        layer, _, weight = state["paths"].get(key, key).rpartition("/")
         table.append(reporting.WeightSparsity(
             layer=layer, weight=weight, shape=mask.shape, zeros=int(mask.size - mask.sum()),
             size=int(mask.size),

@@ -237,7 +237,7 @@ def tflite_report(model: Any) -> TfliteReport:
         shape = [1] * len(tensor.shape)
         for i, dim in enumerate(sparsity.blockMap):
             shape[int(dim)] = int(sparsity.dimMetadata[len(tensor.shape) + i].denseSize)
-        return tuple(shape)
+        return tuple(shape) if max(shape, default=1) > 1 else ()
 
     for graph in flat.subgraphs:
         densified = {}  # output tensor -> sparse input tensor

@@ -384,6 +384,7 @@ class Pruner(keras.layers.Layer):
         manifest = {
             "format": FORMAT_VERSION,
             "keys": self._keys(),
+            "paths": [p.path for p in self.pruned_weights],
             "shapes": [list(p.weight.shape) for p in self.pruned_weights],
         }
         store["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)

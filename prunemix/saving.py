@@ -136,6 +136,7 @@ def read_pruning_state(filepath) -> dict:
     Returns:
         A dict: `name`, `class_name`, `pruner` (the saved `Pruner` config or
         None), `format`, `step`, `masks` (`{key: bool array}`, in order), and
+        `paths` (`{key: path relative to the model, by layer names}`), and
         `weights` (`{h5 path: array}` of every other variable).
 
     Raises:
@@ -156,6 +157,7 @@ def read_pruning_state(filepath) -> dict:
         "format": None,
         "step": None,
         "masks": {},
+        "paths": {},
         "weights": {},
     }
     if weights_blob is None:
@@ -175,6 +177,8 @@ def read_pruning_state(filepath) -> dict:
             key: datasets[f"{group}/mask_{i}"].astype(bool)
             for i, key in enumerate(manifest["keys"])
         }
+        state["paths"] = dict(zip(manifest["keys"], manifest.get("paths", manifest["keys"]),
+                                  strict=True))
     state["weights"] = {
         name: value for name, value in datasets.items()
         if not any(name.startswith(f"{g}/") for g in groups) and not name.startswith("optimizer/")

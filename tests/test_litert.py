@@ -136,21 +136,31 @@ def test_tflite_report_says_unstructured_is_densified():
         prunemix.tflite_report(b"not a model at all")
 
 
-def test_int8_keeps_the_sparse_encoding(tmp_path):
-    model = mlp(prunemix.latency_policy(quantized=True), sparsity=0.9)
-    model.pruner.update_masks(step=8)
-    model.pruner.apply_masks()
-    dynamic = prunemix.tflite_report(prunemix.to_tflite(model, quantize="int8"))
-    pruned = [r for r in dynamic if r.weight and r.shape in ((64, 32), (30, 64))]
-    assert pruned and all(r.dtype == "int8" and r.storage != DENSE for r in pruned)
+def int8_storage(model, **kwargs):
+    report = prunemix.tflite_report(prunemix.to_tflite(model, quantize="int8", **kwargs))
+    return [(r.dtype, r.storage, r.block) for r in report if r.shape in ((64, 32), (30, 64))]
 
-    def samples():
-        for row in X[:8]:
-            yield [row[None]]
 
-    full = prunemix.to_tflite(model, quantize="int8", representative_dataset=samples)
-    report = prunemix.tflite_report(full)
-    assert all(r.dtype in ("int8", "int32") for r in report)
+def samples():
+    for row in X[:8]:
+        yield [row[None]]
+
+
+@pytest.mark.parametrize("full_integer", [False, True])
+def test_int8_runs_sparse_kernels_with_blocks_of_16_only(full_integer):
+    kwargs = {"representative_dataset": samples} if full_integer else {}
+    blocks16, blocks4 = (mlp(prunemix.latency_policy(quantized=q), sparsity=0.9)
+                         for q in (True, False))
+    for model in (blocks16, blocks4):
+        model.pruner.update_masks(step=8)
+        model.pruner.apply_masks()
+    assert int8_storage(blocks16, **kwargs) == [("int8", SPARSE_KERNEL, (1, 16))] * 2
+    # LiteRT's int8 sparse kernel takes 1x16 blocks only: 1x4 is densified at load.
+    assert int8_storage(blocks4, **kwargs) == [("int8", DENSIFIED, ())] * 2
+
+
+def test_to_tflite_quantize_errors():
+    model = mlp(None)
     with pytest.raises(ValueError, match="quantize"):
         prunemix.to_tflite(model, quantize="fp16")
     with pytest.raises(ValueError, match="needs `quantize='int8'`"):
