@@ -9,7 +9,8 @@ import keras
 import tensorflow as tf
 
 from prunemix import _keras_compat, policy, saving, schedules
-from prunemix.pruner import FORMAT_VERSION, Pruner
+from prunemix.pruner import Pruner
+from prunemix.saving import FORMAT_VERSION
 
 __all__ = ["PrunedModel"]
 

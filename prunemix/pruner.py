@@ -10,21 +10,13 @@ import math
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from prunemix import policy, schedules
+from prunemix import policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
 
 __all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
-
-# Layout of the pruning state in saved files. Format 1 (prunemix <= 0.x
-# before this change) stored masks by position; format 2 stores them with the
-# key of the weight each belongs to, and the resolved policy. Loading a newer
-# format is an error; format 1 still loads.
-FORMAT_VERSION = 2
-
 
 class PrunedWeight:
     """One pruned weight: its layer, variable, bool mask, path, and how it is pruned.
@@ -379,19 +371,8 @@ class Pruner(keras.layers.Layer):
     # -- saving: by key, never by position ------------------------------------
 
     def save_own_variables(self, store):
-        if not self.built:
-            return  # tracks nothing yet: no state
-        manifest = {
-            "format": FORMAT_VERSION,
-            "keys": self._keys(),
-            "paths": [p.path for p in self.pruned_weights],
-            "shapes": [list(p.weight.shape) for p in self.pruned_weights],
-        }
-        store["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
-        store["pruning_step"] = np.asarray(self.pruning_step.numpy())
-        store["pruned_counts"] = np.asarray(self.pruned_counts.numpy())
-        for i, p in enumerate(self.pruned_weights):
-            store[f"mask_{i}"] = np.asarray(p.mask.numpy())
+        if self.built:  # an untracked pruner has no state
+            saving.write_pruner_state(self, store)
 
     def expect_state(self, expected: bool) -> None:
         """Whether the next load must find pruning state (False: a dense file).
@@ -411,57 +392,12 @@ class Pruner(keras.layers.Layer):
                 raise ValueError(f"No pruning state for pruner '{self.name}' at this path.")
             return  # a dense weights file: the masks start afresh
         try:
-            self._load(store)
+            self._check_built()
+            saving.read_pruner_state(self, store)
         except Exception as error:
             self._load_error = error
             raise
         self._load_error = None
-
-    def _load(self, store):
-        self._check_built()
-        if "manifest" not in store:
-            return self._load_format_1(store)
-        manifest = json.loads(bytes(np.asarray(store["manifest"], np.uint8)).decode())
-        if manifest.get("format", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"The file was saved with prunemix pruning-state format "
-                f"{manifest.get('format')!r}; this prunemix reads format {FORMAT_VERSION} "
-                "and older. Upgrade prunemix."
-            )
-        saved = manifest["keys"]
-        self._check_keys(saved, "the file")
-        counts = np.asarray(store["pruned_counts"])
-        for p in self.pruned_weights:
-            i = saved.index(p.key)
-            value = np.asarray(store[f"mask_{i}"])
-            if value.shape != tuple(p.weight.shape):
-                raise ValueError(
-                    f"Pruning state mismatch: the file's mask for '{p.key}' has shape "
-                    f"{value.shape}; the weight has shape {tuple(p.weight.shape)}."
-                )
-            p.mask.assign(value.astype(bool))
-        self.pruned_counts.assign(
-            np.asarray([counts[saved.index(p.key)] for p in self.pruned_weights], np.int64)
-        )
-        self.pruning_step.assign(np.asarray(store["pruning_step"]))
-
-    def _load_format_1(self, store):
-        """Format 1: masks..., pruning_step, sparsity, pruned_counts by position."""
-        n = len(self.pruned_weights)
-        values = [np.asarray(store[str(i)]) for i in range(len(store))]
-        shapes = [tuple(p.weight.shape) for p in self.pruned_weights]
-        if len(values) != n + 3 or [v.shape for v in values[:n]] != shapes:
-            raise ValueError(
-                f"This file holds pruning state in prunemix format 1 (masks by position) "
-                f"for {max(len(values) - 3, 0)} weights of shapes "
-                f"{[v.shape for v in values[:-3]]}; pruner '{self.name}' prunes "
-                f"{self._keys()} of shapes {shapes}. Load it with the model and policy that "
-                "wrote it, save it again to get format 2, or load a dense weights file."
-            )
-        for p, value in zip(self.pruned_weights, values[:n], strict=True):
-            p.mask.assign(value.astype(bool))
-        self.pruning_step.assign(values[n])
-        self.pruned_counts.assign(values[n + 2].astype(np.int64))
 
     def get_config(self) -> dict:
         config = {

@@ -11,10 +11,85 @@ import zipfile
 import keras
 import numpy as np
 
-from prunemix.pruner import FORMAT_VERSION
+# Layout of the pruning state in saved files. Format 1 stored the masks by
+# position; format 2 stores each under the key of the weight it belongs to,
+# with a manifest, and the resolved policy in the config. Loading a newer
+# format is an error; format 1 still loads.
+FORMAT_VERSION = 2
 
 __all__ = ["FORMAT_VERSION", "check_format", "has_pruning_state", "load_model",
-           "read_pruning_state"]
+           "read_pruner_state", "read_pruning_state", "write_pruner_state"]
+
+
+def write_pruner_state(pruner, store) -> None:
+    """Writes a built `Pruner`'s state into a Keras weights store (format 2):
+    a JSON manifest (keys, paths, shapes), the step, the counts, and each
+    mask as `mask_<i>` for the i-th key."""
+    manifest = {
+        "format": FORMAT_VERSION,
+        "keys": [p.key for p in pruner.pruned_weights],
+        "paths": [p.path for p in pruner.pruned_weights],
+        "shapes": [list(p.weight.shape) for p in pruner.pruned_weights],
+    }
+    store["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    store["pruning_step"] = np.asarray(pruner.pruning_step.numpy())
+    store["pruned_counts"] = np.asarray(pruner.pruned_counts.numpy())
+    for i, p in enumerate(pruner.pruned_weights):
+        store[f"mask_{i}"] = np.asarray(p.mask.numpy())
+
+
+def read_pruner_state(pruner, store) -> None:
+    """Restores each mask onto its own weight by key (format 2, or format 1
+    by position after checking count and shapes).
+
+    Raises:
+        ValueError: for state made for other pruned weights (naming both
+            sides), a mask of another shape, or a newer format.
+    """
+    if "manifest" not in store:
+        return _read_format_1(pruner, store)
+    manifest = json.loads(bytes(np.asarray(store["manifest"], np.uint8)).decode())
+    if manifest.get("format", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"The file was saved with prunemix pruning-state format "
+            f"{manifest.get('format')!r}; this prunemix reads format {FORMAT_VERSION} "
+            "and older. Upgrade prunemix."
+        )
+    saved = manifest["keys"]
+    pruner._check_keys(saved, "the file")
+    counts = np.asarray(store["pruned_counts"])
+    for p in pruner.pruned_weights:
+        value = np.asarray(store[f"mask_{saved.index(p.key)}"])
+        if value.shape != tuple(p.weight.shape):
+            raise ValueError(
+                f"Pruning state mismatch: the file's mask for '{p.key}' has shape "
+                f"{value.shape}; the weight has shape {tuple(p.weight.shape)}."
+            )
+        p.mask.assign(value.astype(bool))
+    pruner.pruned_counts.assign(
+        np.asarray([counts[saved.index(p.key)] for p in pruner.pruned_weights], np.int64)
+    )
+    pruner.pruning_step.assign(np.asarray(store["pruning_step"]))
+
+
+def _read_format_1(pruner, store) -> None:
+    """Format 1: masks..., pruning_step, sparsity, pruned_counts by position."""
+    n = len(pruner.pruned_weights)
+    values = [np.asarray(store[str(i)]) for i in range(len(store))]
+    shapes = [tuple(p.weight.shape) for p in pruner.pruned_weights]
+    if len(values) != n + 3 or [v.shape for v in values[:n]] != shapes:
+        raise ValueError(
+            f"This file holds pruning state in prunemix format 1 (masks by position) "
+            f"for {max(len(values) - 3, 0)} weights of shapes "
+            f"{[v.shape for v in values[:-3]]}; pruner '{pruner.name}' prunes "
+            f"{[p.key for p in pruner.pruned_weights]} of shapes {shapes}. Load it with the "
+            "model and policy that wrote it, save it again to get format 2, or load a dense "
+            "weights file."
+        )
+    for p, value in zip(pruner.pruned_weights, values[:n], strict=True):
+        p.mask.assign(value.astype(bool))
+    pruner.pruning_step.assign(values[n])
+    pruner.pruned_counts.assign(values[n + 2].astype(np.int64))
 
 
 def has_pruning_state(filepath) -> bool:
