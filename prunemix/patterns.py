@@ -11,10 +11,13 @@ entry, a block, or a whole output unit / input channel.
 - `NMSparsity(n, m)`: n zeros in every group of m along the input axis.
 - `StructuredSparsity(axis, norm)`: whole output units or input channels.
 
-Axes, for the layouts of Keras weights: the *input axis* is 0 for rank-2
-kernels (Dense: `(in, out)`) and -2 for kernels of rank 3 or more (Conv:
-`(..., in_channels, out_channels)`); the *output axis* is always -1.
-Embeddings `(vocab, dim)` are rank 2, so their input axis is the vocabulary.
+Axes come from each weight's layer (`layer_input_axis`,
+`layer_output_axis`): the *input axis* is 0 for Dense `(in, out)`, the last
+summed axis of an EinsumDense equation (attention q/k/v `(in, heads, dim)`:
+0), -2 for convolutions `(..., in, out)` and -1 for conv-transposes
+`(..., out, in)`; Embeddings `(vocab, dim)` use the vocabulary. Patterns with
+a default axis fix it per weight at build time (`bind`), and the saved
+resolution records it.
 
 Example:
 
@@ -47,6 +50,8 @@ __all__ = [
     "StructuredSparsity",
     "input_axis",
     "kernel_input_axes",
+    "layer_input_axis",
+    "layer_output_axis",
 ]
 
 
@@ -291,6 +296,35 @@ def kernel_input_axes(layer, weight) -> tuple:
     return ()
 
 
+_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+               keras.layers.Conv3DTranspose)
+
+
+def layer_input_axis(layer, weight) -> int:
+    """The input axis of `weight`, from its layer (non-negative).
+
+    Dense and EinsumDense kernels: the last axis summed with the input (from
+    the equation: `(in, heads, head_dim)` projections give 0, an attention
+    output projection `(heads, head_dim, out)` gives 1). Conv*Transpose
+    kernels `(..., out, in)`: the last axis. Other convolutions: -2, the input
+    channels. Rank 2 (Embedding, RNN cells): 0.
+    """
+    rank = len(weight.shape)
+    axes = kernel_input_axes(layer, weight)
+    if axes:
+        return axes[-1]
+    if isinstance(layer, _TRANSPOSED) and rank >= 3:
+        return rank - 1
+    return input_axis(rank) % rank
+
+
+def layer_output_axis(layer, weight) -> int:
+    """The output axis of `weight` (non-negative): the last, or -2 for
+    Conv*Transpose kernels `(..., out, in)`."""
+    rank = len(weight.shape)
+    return rank - 2 if isinstance(layer, _TRANSPOSED) and rank >= 3 else rank - 1
+
+
 @keras.saving.register_keras_serializable(package="prunemix")
 class InputBlockSparsity(PruningPattern):
     """Blocks of `size` consecutive inputs per output unit, for sparse kernels.
@@ -362,9 +396,12 @@ class NMSparsity(PruningPattern):
     Args:
         n: zeros per group, `1 <= n < m`.
         m: group size.
-        axis: the grouping axis; default: the input axis (0 for rank-2
-            kernels, -2 for conv kernels). The weight's length along it must
-            be a multiple of `m`.
+        axis: the grouping axis; default: the weight's input axis, from its
+            layer (`layer_input_axis`: Dense 0; EinsumDense from its equation,
+            so attention projections group along their input features, never
+            across heads; conv -2; conv-transpose -1; Embedding and RNN cells
+            0), fixed per weight at build time. The weight's length along it
+            must be a multiple of `m`.
 
     Raises:
         ValueError: if `n >= m` or either is not a positive int; at build
@@ -387,16 +424,22 @@ class NMSparsity(PruningPattern):
         axis = input_axis(rank) if self.axis is None else self.axis
         return axis % rank
 
+    def bind(self, layer, weight) -> PruningPattern:
+        if self.axis is not None:
+            return self
+        return NMSparsity(self.n, self.m, axis=layer_input_axis(layer, weight))
+
     def check(self, layer, weight) -> None:
         _check_rank(self, layer, weight, 2)
         rank = len(weight.shape)
         if self.axis is not None:
             _check_axis(self, self.axis, layer, weight)
-        length = weight.shape[self._axis(rank)]
+        axis = self._axis(rank) if self.axis is not None else layer_input_axis(layer, weight)
+        length = weight.shape[axis]
         if length % self.m:
             raise ValueError(
                 f"NMSparsity({self.n}, {self.m}): {_label(layer, weight)} has {length} "
-                f"entries along axis {self._axis(rank)}, not a multiple of {self.m}. "
+                f"entries along axis {axis}, not a multiple of {self.m}. "
                 "Exclude it or give it another pattern with a `prunemix.Rule`."
             )
 
@@ -477,6 +520,12 @@ class StructuredSparsity(PruningPattern):
         _check_rank(self, layer, weight, 2)
         if isinstance(self.axis, int):
             _check_axis(self, self.axis, layer, weight)
+
+    def bind(self, layer, weight) -> PruningPattern:
+        if isinstance(self.axis, int):
+            return self
+        find = layer_input_axis if self.axis == "input" else layer_output_axis
+        return StructuredSparsity(find(layer, weight), self.norm)
 
     def mask_and_count(self, scores, sparsity):
         scores = tf.convert_to_tensor(scores, tf.float32)

@@ -468,7 +468,9 @@ def test_layer_classes_carry_default_patterns():
         pruning_policy=[prunemix.Rule("overridden", pattern=prunemix.Magnitude())],
     )
     patterns = {p.layer.name: p.pattern for p in model.pruner.pruned_weights}
-    assert patterns == {"nm": prunemix.NMSparsity(2, 4), "block": prunemix.BlockSparsity((1, 4)),
+    # The class default NMSparsity(2, 4) is bound to the Dense kernel's input axis.
+    assert patterns == {"nm": prunemix.NMSparsity(2, 4, axis=0),
+                        "block": prunemix.BlockSparsity((1, 4)),
                         "overridden": prunemix.Magnitude(), "plain": prunemix.Magnitude()}
     model.pruner.update_masks(1)
     assert_n_of_m(masks_of(model)["nm"], 2, 4, axis=0)
@@ -535,3 +537,38 @@ def test_block_sparsity_matches_numpy_reference(data):
     sparsity = data.draw(st.sampled_from([0.0, 0.25, 0.5, 0.75, 0.9]))
     got = prunemix.BlockSparsity(block, pooling).mask(scores, sparsity).numpy()
     np.testing.assert_array_equal(got, reference_blocks(scores, block, sparsity, pooling))
+
+
+# -- axes from the layer, not the rank ------------------------------------------------
+
+
+@pytest.mark.parametrize("heads", [2, 4, 8])
+def test_nm_groups_attention_projections_along_their_input_features(heads):
+    inputs = keras.Input((6, 16))
+    outputs = keras.layers.MultiHeadAttention(heads, 8, name="mha")(inputs, inputs)
+    model = prunemix.PrunedModel(
+        inputs, outputs, pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.NMSparsity(2, 4))],
+    )
+    axes = {p.path.split("/")[1]: p.pattern.axis for p in model.pruner.pruned_weights}
+    # q/k/v (16 in, heads, 8): input axis 0; output (heads, 8, 16 out): axis 1 (head dim).
+    assert axes == {"query": 0, "key": 0, "value": 0, "attention_output": 1}
+    model.pruner.update_masks(step=1)
+    for p in model.pruner.pruned_weights:
+        pruned = np.moveaxis(~p.mask.numpy(), p.pattern.axis, -1).reshape(-1, 4)
+        assert (pruned.sum(axis=1) == 2).all(), p.path  # 2 of every 4 inputs, in every group
+
+
+def test_conv_transpose_input_and_output_axes():
+    inputs = keras.Input((4, 4, 8))
+    outputs = keras.layers.Conv2DTranspose(12, 3, name="up")(inputs)  # kernel (3, 3, 12, 8)
+    model = prunemix.PrunedModel(
+        inputs, outputs, pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.NMSparsity(2, 4))],
+    )
+    assert model.pruner.pruned_weights[0].pattern == prunemix.NMSparsity(2, 4, axis=3)
+    structured = prunemix.PrunedModel(
+        inputs, outputs, pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.StructuredSparsity("output"))],
+    )
+    assert structured.pruner.pruned_weights[0].pattern.axis == 2  # the 12 filters
