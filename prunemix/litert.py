@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from typing import Any
 
 import keras
@@ -208,7 +209,7 @@ def tflite_report(model: Any) -> TfliteReport:
     ```
     """
     data = bytes(model) if isinstance(model, bytes | bytearray | memoryview) else \
-        open(os.fspath(model), "rb").read()
+        pathlib.Path(os.fspath(model)).read_bytes()
     schema = _schema()
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ValueError("Not a .tflite model: its flatbuffer identifier is not 'TFL3'.")
