@@ -40,6 +40,7 @@ from prunemix.prunable import (
     find_prunable_weights,
     prunable,
     prunable_weights_of,
+    register_prunable,
 )
 from prunemix.prune import prune_model
 from prunemix.pruner import PrunedWeight, Pruner
@@ -83,6 +84,7 @@ __all__ = [
     "prunable_weights_of",
     "prune_model",
     "pruned_count",
+    "register_prunable",
     "shrink_dense",
     "sparsity_report",
     "strip_pruning",

@@ -16,6 +16,7 @@ from typing import Any
 import keras
 
 from prunemix import patterns, schedules
+from prunemix.prunable import default_pattern_of
 
 __all__ = ["Rule", "Spec", "deserialize_resolution", "get_policy", "resolve",
            "serialize_resolution"]
@@ -287,7 +288,7 @@ def resolve(rules: list, located: list, default_schedule, model_name: str) -> di
         rule = rule or Rule()
         if rule.exclude or not math.prod(weight.shape):
             continue
-        pattern = patterns.get(rule.pattern or getattr(layer, "pruning_pattern", None))
+        pattern = patterns.get(rule.pattern or default_pattern_of(layer))
         pattern.check(layer, weight)
         pattern = pattern.bind(layer, weight)
         bounds = (rule.min_sparsity, rule.max_sparsity)

@@ -20,8 +20,8 @@ import wrapt
 
 from prunemix import _keras_compat
 
-__all__ = ["PrunableMixin", "find_prunable_weights", "locate_prunable_weights", "prunable",
-           "prunable_weights_of"]
+__all__ = ["PrunableMixin", "default_pattern_of", "find_prunable_weights",
+           "locate_prunable_weights", "prunable", "prunable_weights_of", "register_prunable"]
 
 _DECLARED = "_prunemix_declared"
 
@@ -247,10 +247,75 @@ def _builtin_registry() -> list:
         ((layers.Embedding,), ("embeddings",)),
         ((layers.SimpleRNNCell, layers.LSTMCell, layers.GRUCell),
          ("kernel", "recurrent_kernel")),
+        # ConvLSTM cells are not exported; their layers hold one as `cell`.
+        ((layers.ConvLSTM1D, layers.ConvLSTM2D, layers.ConvLSTM3D),
+         ("cell.kernel", "cell.recurrent_kernel")),
     ]
 
 
 _REGISTRY = _builtin_registry()
+# Classes registered with `register_prunable`: checked before the built-ins.
+_REGISTERED = []
+
+
+def register_prunable(cls: type, *weight_names: str, pattern: Any = None) -> type:
+    """Declares which weights of a layer class you do not own may be pruned.
+
+    For classes from another library (keras_hub, your colleague's package)
+    that you cannot decorate or subclass: every instance of `cls` (and its
+    subclasses) is prunable in the named weights, as if it used
+    `PrunableMixin`. Registering a class again replaces its names. Checked
+    before the built-in registry, so it can also change what a built-in
+    layer prunes.
+
+    Args:
+        cls: a `keras.layers.Layer` subclass.
+        *weight_names: attribute names of the weights (`"kernel"`; a dotted
+            name such as `"cell.kernel"` reaches into a sublayer). Each is
+            checked when a model collects the layer's weights: a missing or
+            non-float weight is a `ValueError` naming the layer.
+        pattern: optional default pattern for the class (a `Rule`'s own
+            `pattern=` overrides it).
+
+    Returns:
+        `cls`, unchanged.
+
+    Raises:
+        TypeError: if `cls` is not a layer class or no names are given.
+        ValueError: if names repeat, or `cls` defines `get_prunable_weights`.
+
+    Example:
+
+    ```python
+    prunemix.register_prunable(ThirdPartyHead, "reverse_embeddings")
+    ```
+    """
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+        raise TypeError(
+            f"register_prunable takes a `keras.layers.Layer` subclass. Received: {cls!r}"
+        )
+    if not weight_names:
+        raise TypeError(
+            f"register_prunable({cls.__name__}) needs at least one weight name, e.g. 'kernel'."
+        )
+    if "get_prunable_weights" in vars(cls):
+        raise ValueError(
+            f"{cls.__name__} defines its own `get_prunable_weights()`; it is prunable already."
+        )
+    names = _check_names(weight_names, f"register_prunable({cls.__name__}, ...)")
+    default = None if pattern is None else _check_pattern(pattern, cls)
+    _REGISTERED[:] = [entry for entry in _REGISTERED if entry[0] is not cls]
+    _REGISTERED.insert(0, (cls, names, default))
+    return cls
+
+
+def default_pattern_of(layer):
+    """The layer's class default pattern (`@prunable(pattern=)`, the mixin's
+    `pruning_pattern`, or `register_prunable(pattern=)`), or None."""
+    for cls, _, pattern in _REGISTERED:
+        if isinstance(layer, cls) and pattern is not None:
+            return pattern
+    return getattr(layer, "pruning_pattern", None)
 
 
 def _builtin_variable(layer, name: str):
@@ -270,15 +335,19 @@ def prunable_weights_of(layer) -> list:
 
     Returns:
         `layer.get_prunable_weights()` if the layer has that method;
-        the kernels of a built-in Keras layer (Dense, EinsumDense, Conv*,
-        Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding, RNN cells);
-        otherwise `[]`. Sublayers are not included: a model walks them
+        the weights named by `register_prunable` for the layer's class; the
+        kernels of a built-in Keras layer (Dense, EinsumDense, Conv*,
+        Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding, RNN cells,
+        ConvLSTM1D/2D/3D); otherwise `[]`. Sublayers are not included: a model walks them
         separately (MultiHeadAttention and LSTM prune through their
         EinsumDense projections and cells).
 
     Raises:
         ValueError: if a declared weight is missing or not a float variable.
     """
+    for cls, names, _ in _REGISTERED:
+        if isinstance(layer, cls):
+            return [_check_weight(layer, name, _resolve(layer, name)) for name in names]
     if hasattr(layer, "get_prunable_weights"):
         weights = list(layer.get_prunable_weights())
         for i, weight in enumerate(weights):
@@ -287,7 +356,8 @@ def prunable_weights_of(layer) -> list:
     for classes, names in _REGISTRY:
         if isinstance(layer, classes):
             return [
-                _check_weight(layer, name, _builtin_variable(layer, name))
+                _check_weight(layer, name, _builtin_variable(layer, name) if "." not in name
+                              else _resolve(layer, name))
                 for name in names
             ]
     return []

@@ -169,3 +169,68 @@ def test_decorating_twice_is_an_error():
         prunemix.prunable("kernel")(GatedDense)
     with pytest.raises(ValueError, match="get_prunable_weights"):
         prunemix.prunable("kernel")(TfmotStyle)
+
+
+# -- classes you do not own, and ConvLSTM ----------------------------------------------
+
+
+class ThirdParty(keras.layers.Layer):
+    """A layer from "another library": no declaration of its own."""
+
+    def build(self, input_shape):
+        self.proj = self.add_weight(shape=(input_shape[-1], 8), name="proj")
+        self.scale = self.add_weight(shape=(8,), initializer="ones", name="scale")
+
+    def call(self, x):
+        return (x @ self.proj) * self.scale
+
+
+@pytest.fixture
+def registered():
+    import importlib
+
+    declarations = importlib.import_module("prunemix.prunable")  # the module, not the decorator
+    before = list(declarations._REGISTERED)
+    yield
+    declarations._REGISTERED[:] = before
+
+
+def test_register_prunable_declares_weights_of_a_class_you_do_not_own(registered, mode):
+    assert prunemix.register_prunable(ThirdParty, "proj", pattern=prunemix.NMSparsity(2, 4)) \
+        is ThirdParty
+    inputs = keras.Input((12,))
+    model = prunemix.PrunedModel(inputs, ThirdParty(name="tp")(inputs),
+                                 pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1))
+    (pruned,) = model.pruner.pruned_weights
+    assert pruned.path == "tp/proj" and pruned.pattern == prunemix.NMSparsity(2, 4, axis=0)
+    model.compile("adam", "mse", **mode)
+    model.fit(np.ones((8, 12)), np.ones((8, 8)), verbose=0)
+    assert (~pruned.mask.numpy()).sum() == 48
+    assert np.count_nonzero(model.layers[-1].scale.numpy() == 0) == 0  # undeclared: untouched
+
+
+def test_register_prunable_errors(registered):
+    with pytest.raises(TypeError, match="Layer` subclass"):
+        prunemix.register_prunable(object, "x")
+    with pytest.raises(TypeError, match="at least one weight name"):
+        prunemix.register_prunable(ThirdParty)
+    with pytest.raises(ValueError, match="own `get_prunable_weights"):
+        prunemix.register_prunable(TfmotStyle, "kernel")
+    prunemix.register_prunable(ThirdParty, "missing")
+    layer = ThirdParty(name="tp")
+    layer(np.ones((1, 4), "float32"))
+    with pytest.raises(ValueError, match="layer 'tp'.*'missing'"):
+        prunemix.prunable_weights_of(layer)
+
+
+def test_conv_lstm_kernels_are_prunable(mode):
+    inputs = keras.Input((3, 6, 6, 2))
+    outputs = keras.layers.ConvLSTM2D(4, 3, name="convlstm")(inputs)
+    model = prunemix.PrunedModel(inputs, outputs,
+                                 pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1))
+    assert [p.path for p in model.pruner.pruned_weights] == [
+        "convlstm/kernel", "convlstm/recurrent_kernel"]
+    model.compile("adam", "mse", **mode)
+    model.fit(np.ones((4, 3, 6, 6, 2)), np.ones((4, 4, 4, 4)), verbose=0)
+    for p in model.pruner.pruned_weights:
+        assert (p.weight.numpy() == 0).sum() >= p.mask.numpy().size // 2
