@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from prunemix import patterns
+from prunemix.axes import kernel_input_axes
 from prunemix.policy import Rule
 
 __all__ = [
@@ -40,7 +41,7 @@ _BLOCK = {False: 4, True: 16}
 
 
 def _fits(layer, weight, size: int) -> bool:
-    axes = patterns.kernel_input_axes(layer, weight)
+    axes = kernel_input_axes(layer, weight)
     return bool(axes) and weight.shape[axes[-1]] % size == 0
 
 

@@ -127,11 +127,14 @@ class PrunedModel(keras.Model):
                 f"{type(self).__name__} needs `pruning_schedule=`, e.g. "
                 "`prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)`."
             )
+        if not functional:
+            self._wait_for_build(Pruner(pruning_schedule, pruning_policy, name="pruner"))
+
+    def _wait_for_build(self, pruner: Pruner) -> None:
+        """Holds `pruner` until the model is built (`build_pruning` tracks it)."""
         self._pruner = None
         self._warned_unpruned = False
-        if not functional:
-            _set_untracked(self, "_new_pruner", Pruner(pruning_schedule, pruning_policy,
-                                                       name="pruner"))
+        _set_untracked(self, "_new_pruner", pruner)
 
     @property
     def pruning_schedule(self):
@@ -398,9 +401,7 @@ class FunctionalPrunedModel(Functional, PrunedModel):
             pruning_schedule, pruning_policy, name="pruner"
         )
         Functional.__init__(self, *args, **kwargs)
-        self._pruner = None
-        self._warned_unpruned = False
-        _set_untracked(self, "_new_pruner", new)
+        self._wait_for_build(new)
         self.build_pruning()
 
     def get_config(self) -> dict:

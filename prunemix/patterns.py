@@ -39,6 +39,7 @@ import keras
 import tensorflow as tf
 
 from prunemix import masks
+from prunemix.axes import input_axis, kernel_input_axes, layer_input_axis, layer_output_axis
 
 __all__ = [
     "BlockSparsity",
@@ -53,11 +54,6 @@ __all__ = [
     "layer_input_axis",
     "layer_output_axis",
 ]
-
-
-def input_axis(rank: int) -> int:
-    """The input-channel axis of a Keras kernel of this rank (0 or -2)."""
-    return 0 if rank <= 2 else -2
 
 
 def _label(layer, weight) -> str:
@@ -276,53 +272,6 @@ class BlockSparsity(PruningPattern):
 
     def get_config(self) -> dict:
         return {"block_shape": list(self.block_shape), "pooling": self.pooling}
-
-
-def kernel_input_axes(layer, weight) -> tuple:
-    """The axes of a Dense or EinsumDense kernel that are summed with the input.
-
-    Dense `(in, out)`: `(0,)`. EinsumDense: the kernel's letters that appear in
-    the input spec and not in the output spec, from the layer's equation
-    (`"abc,cde->abde"` gives `(0,)`; `"abcd,cde->abe"`, an attention output
-    projection, gives `(0, 1)`). Other layers: `()`.
-    """
-    if isinstance(layer, keras.layers.EinsumDense) and weight is layer.kernel:
-        inputs, rest = layer.equation.split(",")
-        kernel, output = rest.split("->")
-        return tuple(i for i, c in enumerate(kernel) if c in inputs and c not in output)
-    if isinstance(layer, keras.layers.Dense) and len(weight.shape) == 2 and \
-            weight is layer.kernel:
-        return (0,)
-    return ()
-
-
-_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-               keras.layers.Conv3DTranspose)
-
-
-def layer_input_axis(layer, weight) -> int:
-    """The input axis of `weight`, from its layer (non-negative).
-
-    Dense and EinsumDense kernels: the last axis summed with the input (from
-    the equation: `(in, heads, head_dim)` projections give 0, an attention
-    output projection `(heads, head_dim, out)` gives 1). Conv*Transpose
-    kernels `(..., out, in)`: the last axis. Other convolutions: -2, the input
-    channels. Rank 2 (Embedding, RNN cells): 0.
-    """
-    rank = len(weight.shape)
-    axes = kernel_input_axes(layer, weight)
-    if axes:
-        return axes[-1]
-    if isinstance(layer, _TRANSPOSED) and rank >= 3:
-        return rank - 1
-    return input_axis(rank) % rank
-
-
-def layer_output_axis(layer, weight) -> int:
-    """The output axis of `weight` (non-negative): the last, or -2 for
-    Conv*Transpose kernels `(..., out, in)`."""
-    rank = len(weight.shape)
-    return rank - 2 if isinstance(layer, _TRANSPOSED) and rank >= 3 else rank - 1
 
 
 @keras.saving.register_keras_serializable(package="prunemix")

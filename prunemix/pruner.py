@@ -124,6 +124,7 @@ class Pruner(keras.layers.Layer):
         self.pruned_weights = []
         self.skipped = []
         self._groups = []
+        self._schedules = []
         self._apply_masks_xla = None
         self.expect_state(True)
 
@@ -175,8 +176,10 @@ class Pruner(keras.layers.Layer):
             masks[key] = mask
             self.pruned_weights.append(PrunedWeight(layer, weight, mask, path, specs[key]))
         self._groups = self._make_groups()
+        # The distinct schedules, in order: one mask-update decision each.
+        self._schedules = list(dict.fromkeys(s for s, _, _ in self._groups))
         if tf.executing_eagerly():
-            for schedule in {p.schedule for p in self.pruned_weights}:
+            for schedule in self._schedules:
                 schedules.check_values(schedule)
         self.pruning_step = self.add_weight(
             name="pruning_step", shape=(), dtype="int64", initializer="zeros",
@@ -261,7 +264,7 @@ class Pruner(keras.layers.Layer):
         """
         self._check_built()
         step = ops.convert_to_tensor(self.pruning_step if step is None else step)
-        for schedule in dict.fromkeys(s for s, _, _ in self._groups):
+        for schedule in self._schedules:
             self._update_schedule(schedule, step)
         return self.sparsity
 
@@ -343,16 +346,15 @@ class Pruner(keras.layers.Layer):
     def _apply(self, advance, distributed: bool):
         self.pruning_step.assign_add(ops.cast(advance, "int64"))
         step = ops.convert_to_tensor(self.pruning_step)
-        by_schedule = list(dict.fromkeys(s for s, _, _ in self._groups))
-        dues = [ops.logical_and(advance, s.should_prune(step)) for s in by_schedule]
+        dues = [ops.logical_and(advance, s.should_prune(step)) for s in self._schedules]
 
         def update():
             # One `cond` per step in the common one-schedule case (each cond
             # costs a function call on CPU); nested ones only when due.
-            if len(by_schedule) == 1:
-                self._update_schedule(by_schedule[0], step)
+            if len(self._schedules) == 1:
+                self._update_schedule(self._schedules[0], step)
             else:
-                for due, schedule in zip(dues, by_schedule, strict=True):
+                for due, schedule in zip(dues, self._schedules, strict=True):
                     ops.cond(
                         due,
                         lambda schedule=schedule: self._update_schedule(schedule, step),
