@@ -12,7 +12,9 @@ from prunemix._version import __version__
 with _quiet.native_stderr_silenced(_quiet.running_cli()):
     import tensorflow  # noqa: F401  (first import: quiet under `python -m prunemix`)
 from prunemix.callbacks import PruningSummaries
+from prunemix.channels import ChannelGroups
 from prunemix.export import strip_pruning, to_tflite
+from prunemix.graph import ChannelGraph, channel_groups
 from prunemix.litert import (
     TfliteOp,
     TfliteReport,
@@ -47,10 +49,12 @@ from prunemix.pruner import PrunedWeight, Pruner
 from prunemix.report import SparsityReport, WeightSparsity, compressed_size, sparsity_report
 from prunemix.saving import load_model
 from prunemix.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
-from prunemix.shrink import shrink_dense
+from prunemix.shrink import shrink, shrink_dense
 
 __all__ = [
     "BlockSparsity",
+    "ChannelGraph",
+    "ChannelGroups",
     "ConstantSparsity",
     "GlobalMagnitude",
     "InputBlockSparsity",
@@ -73,6 +77,7 @@ __all__ = [
     "XnnpackLayer",
     "XnnpackReport",
     "__version__",
+    "channel_groups",
     "compressed_size",
     "find_prunable_weights",
     "latency_policy",
@@ -85,6 +90,7 @@ __all__ = [
     "prune_model",
     "pruned_count",
     "register_prunable",
+    "shrink",
     "shrink_dense",
     "sparsity_report",
     "strip_pruning",

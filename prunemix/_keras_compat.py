@@ -120,6 +120,32 @@ def functional_class():
     return Functional
 
 
+def functional_of(model):
+    """The functional model behind `model` (a Sequential's `_functional`,
+    Keras 3.15), or `model` itself."""
+    if isinstance(model, keras.Sequential):
+        return model._functional
+    return model
+
+
+def graph_of(model):
+    """`(inputs, outputs, [(layer, input tensors, output tensors), ...])` of a
+    functional or Sequential model, calls in topological order; None for a
+    subclassed model. Reads `Functional._nodes_by_depth`, `Node.operation`,
+    `Node.input_tensors`, `Node.outputs` and a Sequential's `_functional`
+    (Keras 3.15)."""
+    model = functional_of(model)
+    if not isinstance(model, functional_class()):
+        return None
+    calls = []
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.operation is None or node.is_input:
+                continue
+            calls.append((node.operation, list(node.input_tensors), list(node.outputs)))
+    return list(model.inputs), list(model.outputs), calls
+
+
 def is_functional_call(args, kwargs) -> bool:
     """Whether constructor arguments are functional-API `(inputs, outputs)`."""
     from keras.src.models.model import functional_init_arguments
@@ -195,6 +221,8 @@ __all__ = [
     "attach_after_build",
     "capture_init_config",
     "functional_class",
+    "functional_of",
+    "graph_of",
     "inbound_count",
     "inbound_layers",
     "is_default_build",

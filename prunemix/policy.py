@@ -329,7 +329,7 @@ def serialize_resolution(specs: list) -> dict:
             {
                 "key": spec.key,
                 "schedule": next(i for i, s in enumerate(unique) if s is spec.schedule),
-                "pattern": ser(spec.pattern),
+                "pattern": ser(spec.pattern),  # a planned ChannelGroups saves unplanned
                 "score": None if spec.score is None else ser(spec.score),
                 "bounds": list(spec.bounds),
             }

@@ -318,7 +318,7 @@ def default_pattern_of(layer):
     return getattr(layer, "pruning_pattern", None)
 
 
-def _builtin_variable(layer, name: str):
+def builtin_variable(layer, name: str):
     # Keras 3 exposes some kernels as properties that may compute a tensor
     # (LoRA, quantization); the variable itself lives under a leading "_".
     value = getattr(layer, "_" + name, None)
@@ -356,7 +356,7 @@ def prunable_weights_of(layer) -> list:
     for classes, names in _REGISTRY:
         if isinstance(layer, classes):
             return [
-                _check_weight(layer, name, _builtin_variable(layer, name) if "." not in name
+                _check_weight(layer, name, builtin_variable(layer, name) if "." not in name
                               else _resolve(layer, name))
                 for name in names
             ]
@@ -392,18 +392,26 @@ def locate_prunable_weights(model) -> list:
     names inside functional models, attribute names inside subclassed ones,
     so it survives `.keras` reload, `clone_model` and nesting.
     """
+    return locate_weights(model, [
+        (layer, weight) for layer in _keras_compat.nested_layers(model)
+        for weight in prunable_weights_of(layer)
+    ])
+
+
+def locate_weights(model, pairs: list) -> list:
+    """`(layer, variable, path, key)` for `(layer, variable)` pairs below
+    `model`, as `locate_prunable_weights` names them (each variable once)."""
     paths = _keras_compat.layer_paths(model)
-    found, seen = [], set()
-    for layer in _keras_compat.nested_layers(model):
+    found, seen, used = [], set(), {}
+    for layer, weight in pairs:
+        if id(weight) in seen:
+            continue
+        seen.add(id(weight))
         names, keys = paths.get(id(layer), (layer.name, layer.name))
-        used = {}
-        for weight in prunable_weights_of(layer):
-            if id(weight) in seen:
-                continue
-            seen.add(id(weight))
-            short = weight.name.split("/")[-1]
-            used[short] = used.get(short, 0) + 1
-            if used[short] > 1:
-                short = f"{short}#{used[short] - 1}"
-            found.append((layer, weight, f"{names}/{short}", f"{keys}/{short}"))
+        short = weight.name.split("/")[-1]
+        count = used.setdefault(id(layer), {})
+        count[short] = count.get(short, 0) + 1
+        if count[short] > 1:
+            short = f"{short}#{count[short] - 1}"
+        found.append((layer, weight, f"{names}/{short}", f"{keys}/{short}"))
     return found

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from prunemix import policy, saving, schedules
+from prunemix import channels, policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
 
 __all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
@@ -162,8 +162,9 @@ class Pruner(keras.layers.Layer):
             )
         if self._resolution is None:
             specs = policy.resolve(self.pruning_policy, located, self.pruning_schedule, model.name)
+            located, specs = channels.plan(model, located, specs)
         else:
-            specs = self._saved_specs(located, model)
+            located, specs = self._saved_specs(located, model)
         self.skipped = [path for _, weight, path, _ in located if not math.prod(weight.shape)]
         masks = {}
         for layer, weight, path, key in located:
@@ -201,11 +202,14 @@ class Pruner(keras.layers.Layer):
         self.built = True
         return self
 
-    def _saved_specs(self, located, model) -> dict:
-        specs = policy.deserialize_resolution(self._resolution)
-        self._check_keys(list(specs), f"the saved pruning state of model '{model.name}'",
-                         own=[key for _, _, _, key in located], subset=True)
-        return specs
+    def _saved_specs(self, located, model) -> tuple:
+        saved = policy.deserialize_resolution(self._resolution)
+        located, specs = channels.plan(model, located, saved)
+        where = f"the saved pruning state of model '{model.name}'"
+        self._check_keys(list(saved), where, own=[key for _, _, _, key in located], subset=True)
+        if set(specs) != set(saved):  # the graph now couples other channels
+            self._check_keys(list(saved), where, own=list(specs))
+        return located, specs
 
     def _keys(self) -> list:
         return [p.key for p in self.pruned_weights]

@@ -1,103 +1,159 @@
-"""`shrink_dense`: physically remove fully pruned units from a chain of Dense layers."""
+"""`shrink`: physically remove the channels pruning zeroed, graph-wide."""
 
 from __future__ import annotations
+
+import warnings
 
 import keras
 import numpy as np
 
 from prunemix import _keras_compat
 from prunemix.export import strip_pruning
+from prunemix.graph import ChannelGraph
 
-__all__ = ["shrink_dense"]
-
-
-def _chain(model) -> list:
-    """The layers of `model` (Sequential or functional), if they form a chain."""
-    if isinstance(model, keras.Sequential):
-        return list(model.layers)
-    if not isinstance(model, _keras_compat.functional_class()):
-        raise ValueError(
-            f"shrink_dense takes a Sequential or functional model; '{model.name}' is a "
-            f"{type(model).__name__}."
-        )
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"shrink_dense: model '{model.name}' must have one input and one output.")
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    previous = model.inputs[0]
-    for layer in layers:
-        if _keras_compat.inbound_count(layer) != 1 or layer.input is not previous:
-            raise ValueError(
-                f"shrink_dense: model '{model.name}' is not a chain of layers (layer "
-                f"'{layer.name}' does not take the previous layer's output alone)."
-            )
-        previous = layer.output
-    return layers
+__all__ = ["shrink", "shrink_dense"]
 
 
-def shrink_dense(model: keras.Model) -> keras.Model:
-    """Returns a smaller dense model without the units pruning removed.
+def _value_of(variable) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
 
-    For every `Dense` layer directly followed by another `Dense`, the units
-    whose kernel column is entirely zero (whole units pruned, e.g. with
-    `StructuredSparsity("output")`) are removed from both: the column of
-    the first layer and the matching row of the second. A removed unit
-    still output the constant `activation(bias)`; that constant times the
-    row is folded into the next layer's bias, so predictions are unchanged
-    (up to float rounding).
+
+def _removed_classes(graph: ChannelGraph) -> set:
+    """Removable classes, less those whose removal would empty a tensor."""
+    removed = graph.removable(_value_of)
+    cls = graph.element_class
+    while True:
+        changed = False
+        for space in graph.spaces:
+            if space.size and all(int(c) in removed for c in cls[space.elements]):
+                removed.discard(int(cls[space.base]))  # keep one (zero) channel
+                changed = True
+        if not changed:
+            return removed
+
+
+def _new_config(layer, config: dict, kept: int | None, old: int | None) -> dict:
+    """`config` for the layer with `kept` output channels instead of `old`."""
+    if kept is None or kept == old:
+        return config
+    for name in ("units", "filters", "output_dim"):
+        if name in config:
+            return {**config, name: kept}
+    if isinstance(layer, keras.layers.EinsumDense):
+        shape = config["output_shape"]
+        shape = [kept] if isinstance(shape, int) else [*list(shape)[:-1], kept]
+        return {**config, "output_shape": shape}
+    if isinstance(layer, keras.layers.Reshape):
+        return {**config, "target_shape": [*list(config["target_shape"])[:-1], kept]}
+    return config
+
+
+def _folds(graph: ChannelGraph, removed: set) -> dict:
+    """`{id(bias): delta}`: the constant a removed input channel carried into a
+    Dense or "valid" convolution, folded into the reading layer's bias."""
+    values = graph.constants(_value_of)
+    deltas = {}
+    for kind, layer, ins, _, info in graph.nodes:
+        if kind != "kernel" or not graph.folds(layer, info):
+            continue
+        kernel, bias = info["weights"][0], info["weights"][3]
+        space = graph.tensor(ins[0])
+        gone = np.isin(graph.element_class[space.elements], list(removed))
+        v = np.where(gone, values[id(ins[0])], 0.0)
+        if not np.any(v):
+            continue
+        k = _value_of(kernel)
+        taps = k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
+        deltas[id(bias)] = deltas.get(id(bias), 0.0) + v @ taps
+    return deltas
+
+
+def shrink(model: keras.Model) -> keras.Model:
+    """Returns a smaller plain model without the channels pruning removed.
+
+    Finds every channel whose weights are all zero, from any pruning method
+    or set by hand (e.g. after `ChannelGroups`, or `StructuredSparsity` on
+    a layer's outputs), follows its dependency group through the graph
+    (`prunemix.channel_groups`: residual adds, concatenations, BatchNorm,
+    depthwise and separable convolutions, flatten, pooling, ...) and removes
+    it everywhere at once: the producing layers' output slices and biases,
+    the normalization statistics, and the reading layers' input slices. A
+    removed channel that still carried a constant (`activation(bias)`) has
+    it folded into the next `Dense` (or `"valid"` convolution)'s bias;
+    where it cannot be folded, the channel is kept. Channels next to model
+    inputs, outputs and layers the graph does not understand are kept.
 
     Args:
-        model: a built Sequential or functional model whose layers form a
-            chain (a `PrunedModel` is stripped first).
+        model: a built functional or Sequential model, or a `PrunedModel`
+            built functionally (stripped first). Subclassed models have no
+            graph: rebuild them functionally first.
 
     Returns:
-        A new `keras.Sequential` with fewer units, the same input shape and
-        the same predictions. The original is left untouched.
+        A new plain functional `keras.Model` with fewer channels, the same
+        inputs and outputs, and the same predictions (up to float rounding).
+        It saves as `.keras` and loads without prunemix. `model` is left
+        untouched.
 
     Raises:
-        ValueError: if the model is not a single-input chain.
+        ValueError: if `model` is subclassed or not built.
 
     Example:
 
     ```python
-    small = prunemix.shrink_dense(pruned)   # after StructuredSparsity("output")
-    small.count_params() < pruned.count_params()
+    pruned = prunemix.prune_model(
+        cnn, prunemix.ConstantSparsity(0.5, 0, frequency=50),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.fit(x, y, epochs=2)
+    small = prunemix.shrink(pruned)      # half the channels, same predictions
     ```
     """
-    stripped = strip_pruning(model)
-    layers = _chain(stripped)
-    spec = stripped.inputs[0]
-    weights = [[np.array(w) for w in layer.get_weights()] for layer in layers]
-    configs = [layer.get_config() for layer in layers]
-    for i in range(len(layers) - 1):
-        first, second = layers[i], layers[i + 1]
-        if not (isinstance(first, keras.layers.Dense) and isinstance(second, keras.layers.Dense)):
-            continue
-        kernel = weights[i][0]
-        dead = ~kernel.any(axis=tuple(range(kernel.ndim - 1)))
-        if not dead.any() or dead.all():
-            continue
-        bias = weights[i][1] if first.use_bias else np.zeros(kernel.shape[-1], kernel.dtype)
-        constant = keras.ops.convert_to_numpy(
-            keras.activations.get(configs[i]["activation"])(bias[dead])
+    if not getattr(model, "built", False):
+        raise ValueError(f"shrink: model '{model.name}' is not built.")
+    stripped = strip_pruning(model) if getattr(model, "pruner", None) is not None else model
+    graph = ChannelGraph(stripped)
+    functional = _keras_compat.functional_of(stripped)
+    removed = _removed_classes(graph)
+    cls = graph.element_class
+    gone = {id(s): np.nonzero(np.isin(cls[s.elements], list(removed)))[0]
+            for s in graph.spaces}
+    out_channels = {}
+    for _, layer, _, outs, _ in graph.nodes:
+        space = graph.tensor(outs[0])
+        out_channels.setdefault(id(layer), (space.size - len(gone[id(space)]), space.size))
+
+    def clone(layer):
+        kept, old = out_channels.get(id(layer), (None, None))
+        return type(layer).from_config(_new_config(layer, layer.get_config(), kept, old))
+
+    small = keras.models.clone_model(functional, clone_function=clone)
+    small = keras.Model(small.inputs, small.outputs, name=f"{stripped.name}_shrunk")
+    deltas = _folds(graph, removed)
+    for old, new in zip(functional.layers, small.layers, strict=True):
+        for variable, target in zip(old.weights, new.weights, strict=True):
+            value = keras.ops.convert_to_numpy(variable)
+            if id(variable) in deltas:
+                value = (value + deltas[id(variable)]).astype(value.dtype)
+            for axis in range(value.ndim):
+                space = graph._weights.get((id(variable), axis))
+                if space is not None and len(gone[id(space)]):
+                    value = np.delete(value, gone[id(space)], axis=axis)
+            target.assign(value)
+    return small
+
+
+def shrink_dense(model: keras.Model) -> keras.Model:
+    """Deprecated: use `prunemix.shrink`, which handles any graph.
+
+    Kept for 0.x code: returns `shrink(model)`, as a `keras.Sequential` when
+    `model` is one.
+    """
+    warnings.warn("prunemix.shrink_dense is deprecated; use prunemix.shrink.",
+                  DeprecationWarning, stacklevel=2)
+    small = shrink(model)
+    if isinstance(model, keras.Sequential):
+        spec = small.inputs[0]
+        return keras.Sequential(
+            [keras.Input(batch_shape=spec.shape, dtype=spec.dtype), *small.layers[1:]],
+            name=small.name,
         )
-        next_kernel = weights[i + 1][0]
-        folded = constant @ next_kernel[dead]
-        if second.use_bias:
-            weights[i + 1][1] = weights[i + 1][1] + folded.astype(next_kernel.dtype)
-        elif np.any(folded):
-            continue  # nowhere to fold the removed units' constant output
-        weights[i][0] = kernel[..., ~dead]
-        if first.use_bias:
-            weights[i][1] = bias[~dead]
-        weights[i + 1][0] = next_kernel[~dead]
-        configs[i] = {**configs[i], "units": int((~dead).sum())}
-    new_layers = [
-        type(layer).from_config(config) for layer, config in zip(layers, configs, strict=True)
-    ]
-    small = keras.Sequential(
-        [keras.Input(batch_shape=(None, *spec.shape[1:]), dtype=spec.dtype), *new_layers],
-        name=f"{stripped.name}_shrunk",
-    )
-    for layer, values in zip(new_layers, weights, strict=True):
-        layer.set_weights(values)
     return small

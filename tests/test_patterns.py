@@ -409,7 +409,7 @@ def test_one_trace_per_fit_and_apply_pruning(pattern):
 
 
 @pytest.mark.parametrize("kind", ["sequential", "functional"])
-def test_shrink_dense_removes_pruned_units_and_keeps_predictions(kind):
+def test_shrink_removes_structured_pruned_units_and_keeps_predictions(kind):
     x = RNG.random((32, 20)).astype("float32")
     y = RNG.integers(0, 4, 32)
     layers = [keras.layers.Dense(64, activation="relu", bias_initializer="ones", name="a"),
@@ -428,20 +428,12 @@ def test_shrink_dense_removes_pruned_units_and_keeps_predictions(kind):
     fit_model = pruned
     fit_model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     fit_model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    small = prunemix.shrink_dense(pruned)
-    assert [layer.units for layer in small.layers] == [32, 24, 4]
+    small = prunemix.shrink(pruned)
+    assert [layer.units for layer in small.layers[1:]] == [32, 24, 4]
     # The removed units had non-zero biases: their constant output was folded.
     np.testing.assert_allclose(small.predict(x, verbose=0), pruned.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-5)
     assert small.count_params() == (20 * 32 + 32) + (32 * 24 + 24) + (24 * 4 + 4)
-
-
-def test_shrink_dense_needs_a_chain():
-    inputs = keras.Input((8,))
-    a = keras.layers.Dense(8)(inputs)
-    outputs = keras.layers.Dense(2)(keras.layers.Add()([a, inputs]))
-    with pytest.raises(ValueError, match="not a chain of layers .* 'add'"):
-        prunemix.shrink_dense(keras.Model(inputs, outputs))
 
 
 # -- per-class default patterns (decorator and mixin) -------------------------------
