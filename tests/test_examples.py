@@ -9,14 +9,18 @@ from examples import prune_digits, prune_methods
 def test_prune_digits_runs_small(tmp_path):
     rows = prune_digits.main(["--quick", "--save", str(tmp_path)])
     names = [row[0] for row in rows]
-    assert names == ["dense", "90.0%", "95.0%", "90.0% for speed"]
+    assert names == ["dense", "90.0%", "95.0%", "90.0% for speed", "50% of channels, shrunk"]
     # For speed, only the Dense kernels (1024x128, 128x10) are pruned, in 4-input
     # blocks: round(0.9 * 32768) and round(0.9 * 320) blocks of the 151072 weights.
     speed = (round(0.9 * 32768) + round(0.9 * 320)) * 4 / 151072
-    for (_, reached, accuracy, size), target in zip(rows[1:], (0.9, 0.95, speed), strict=True):
+    for (_, reached, accuracy, size), target in zip(rows[1:4], (0.9, 0.95, speed), strict=True):
         assert reached == pytest.approx(target, abs=1e-3)
         assert size < rows[0][3]
         assert 0.0 <= accuracy <= 1.0
+    # Half the channels of conv_in (32), conv (64) and dense (128) removed: the
+    # weights left are (3*3*1*16+16) + (3*3*16*32+32) + (512*64+64) + (64*10+10).
+    shrunk = 1 - (160 + 4640 + 32832 + 650) / 151306
+    assert rows[4][1] == pytest.approx(shrunk) and rows[4][3] < rows[0][3]
 
 
 @pytest.mark.slow

@@ -1,0 +1,144 @@
+"""Dense vs shrunk latency: half the channels removed by `prunemix.shrink`.
+
+For each `keras.applications` model (random weights, `--size` inputs): the
+channel masks of `ChannelGroups` are set at `--sparsity` directly (latency
+does not depend on training), `prunemix.shrink` removes them, and the dense
+and shrunk models are timed side by side on 1 thread: TensorFlow at batch 1
+and `--batch`, LiteRT (default XNNPack delegate) at batch 1. Rounds
+alternate the two models (order flipped every round); the median per-call
+time is printed with the ratio dense / shrunk. The largest prediction
+difference between the masked and the shrunk model (relative to the largest
+logit) is printed too.
+
+    python bench/shrink.py                  # MobileNetV2 and ResNet50 (several minutes)
+    python bench/shrink.py --quick          # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import tensorflow as tf  # noqa: E402
+
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import prunemix  # noqa: E402
+
+MODELS = {
+    "MobileNetV2": keras.applications.MobileNetV2,
+    "ResNet50": keras.applications.ResNet50,
+    "MobileNet": keras.applications.MobileNet,
+    "EfficientNetB0": keras.applications.EfficientNetB0,
+    "DenseNet121": keras.applications.DenseNet121,
+}
+
+
+def shrunk_pair(name: str, size: int, sparsity: float):
+    """`(dense, masked, shrunk)` for one application with random weights."""
+    dense = MODELS[name](input_shape=(size, size, 3), weights=None, classifier_activation=None)
+    masked = prunemix.prune_model(
+        dense, prunemix.ConstantSparsity(sparsity, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())],
+    )
+    masked.pruner.update_masks(1)
+    masked.pruner.apply_masks()
+    return dense, masked, prunemix.shrink(masked)
+
+
+def interleaved(calls: dict, rounds: int, repeat: int) -> dict:
+    """Median seconds per call of each zero-argument function, rounds interleaved."""
+    times = {k: [] for k in calls}
+    for name, fn in calls.items():
+        fn()  # warm up (trace, allocate)
+    for r in range(rounds):
+        for name in list(calls)[:: 1 if r % 2 == 0 else -1]:
+            begin = time.perf_counter()
+            for _ in range(repeat):
+                calls[name]()
+            times[name].append((time.perf_counter() - begin) / repeat)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def tf_calls(models: dict, x) -> dict:
+    functions = {k: tf.function(m) for k, m in models.items()}
+    return {k: (lambda f=f: f(x, training=False).numpy()) for k, f in functions.items()}
+
+
+def litert_calls(models: dict, x) -> dict:
+    calls = {}
+    for name, model in models.items():
+        interpreter = prunemix.make_interpreter(prunemix.to_tflite(model, sparse=False),
+                                                num_threads=1)
+        index = interpreter.get_input_details()[0]["index"]
+
+        def run(interpreter=interpreter, index=index):
+            interpreter.set_tensor(index, x)
+            interpreter.invoke()
+
+        calls[name] = run
+    return calls
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["MobileNetV2", "ResNet50"],
+                        choices=sorted(MODELS))
+    parser.add_argument("--size", type=int, default=128, help="input height and width")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.size, args.batch, args.rounds = args.models[:1], 32, 2, 1
+    rows = []
+    print(f"1 thread, {args.size}x{args.size} inputs, {args.sparsity:.0%} of channels, "
+          f"median of {args.rounds} interleaved rounds")
+    print("| model | params dense | shrunk | ratio | without the 1000-class head | max rel. diff "
+          f"| TF b1 | TF b{args.batch} | LiteRT b1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for name in args.models:
+        dense, masked, small = shrunk_pair(name, args.size, args.sparsity)
+        x1 = rng.random((1, args.size, args.size, 3)).astype("float32") * 255
+        xb = rng.random((args.batch, args.size, args.size, 3)).astype("float32") * 255
+        want = masked.predict(xb, verbose=0)
+        diff = float(np.abs(small.predict(xb, verbose=0) - want).max() / np.abs(want).max())
+        pair = {"dense": dense, "shrunk": small}
+        result = {"params": (dense.count_params(), small.count_params()), "diff": diff}
+        for label, calls, repeat in (
+            ("TF b1", tf_calls(pair, x1), 20 if not args.quick else 1),
+            (f"TF b{args.batch}", tf_calls(pair, xb), 2 if not args.quick else 1),
+            ("LiteRT b1", litert_calls(pair, x1), 20 if not args.quick else 1),
+        ):
+            t = interleaved(calls, args.rounds, repeat)
+            result[label] = (t["dense"], t["shrunk"])
+        rows.append((name, result))
+        cells = [
+            f"{d * 1e3:.1f} / {s * 1e3:.1f} ms = {d / s:.2f}x"
+            for d, s in (result["TF b1"], result[f"TF b{args.batch}"], result["LiteRT b1"])
+        ]
+        p_dense, p_small = result["params"]
+        head = dense.layers[-1].count_params(), small.layers[-1].count_params()
+        body = (p_small - head[1]) / (p_dense - head[0])
+        result["body"] = body
+        print(f"| {name} | {p_dense:,} | {p_small:,} | {p_small / p_dense:.2f}x | {body:.2f}x "
+              f"| {diff:.1e} | "
+              + " | ".join(cells) + " |", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
