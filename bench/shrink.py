@@ -26,13 +26,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import tensorflow as tf  # noqa: E402
-
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import prunemix  # noqa: E402
 
@@ -60,7 +56,7 @@ def shrunk_pair(name: str, size: int, sparsity: float):
 def interleaved(calls: dict, rounds: int, repeat: int) -> dict:
     """Median seconds per call of each zero-argument function, rounds interleaved."""
     times = {k: [] for k in calls}
-    for name, fn in calls.items():
+    for fn in calls.values():
         fn()  # warm up (trace, allocate)
     for r in range(rounds):
         for name in list(calls)[:: 1 if r % 2 == 0 else -1]:
@@ -141,4 +137,7 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
+    # 1 thread for TF too (before TensorFlow starts its runtime).
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     main()

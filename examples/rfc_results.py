@@ -36,8 +36,10 @@ def plot(vision: list, sequence: list, path: str) -> str | None:
         return None
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
     for rows, label, marker in (
-        # The curve is unstructured pruning; the row pruned for speed is not on it.
-        ([row for row in vision if "speed" not in row[0]], "digits CNN (test accuracy)", "o"),
+        # The curve is unstructured pruning; the rows pruned for speed and the
+        # shrunk ones (channels removed) are not on it.
+        ([row for row in vision if "speed" not in row[0] and "channels" not in row[0]],
+         "digits CNN (test accuracy)", "o"),
         (sequence, "LSTM seq2seq, reverse (token accuracy)", "s"),
     ):
         sparsity = [100 * row[1] for row in rows]

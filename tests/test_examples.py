@@ -117,9 +117,21 @@ def test_rfc_results_regenerates_both_tables_and_the_plot(tmp_path):
 
     out = rfc_results.main(["--quick", "--png", str(tmp_path / "plot.png"),
                             "--save", str(tmp_path)])
-    assert [row[0] for row in out["vision"]] == ["dense", "90.0%", "95.0%", "90.0% for speed"]
+    assert [row[0] for row in out["vision"]] == [
+        "dense", "90.0%", "95.0%", "90.0% for speed", "50% of channels, shrunk"]
     assert [row[0] for row in out["sequence"]] == ["dense", "90%"]
     assert out["sequence"][1][1] == pytest.approx(0.9, abs=1e-3)
     assert all(0.0 <= row[2] <= 1.0 for row in out["sequence"])
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "digits_pruned_90.keras").exists()
+
+
+@pytest.mark.slow
+def test_bench_shrink_runs_small():
+    from bench import shrink
+
+    ((name, result),) = shrink.main(["--quick"])
+    assert name == "MobileNetV2"
+    dense, small = result["params"]
+    assert small < 0.5 * dense and result["diff"] < 1e-4
+    assert all(t > 0 for pair in (result["TF b1"], result["LiteRT b1"]) for t in pair)

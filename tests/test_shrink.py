@@ -65,6 +65,16 @@ def test_unknown_layers_and_layer_norm_end_groups_and_are_named():
     assert "normalizes over the channels" in graph.ended_by["ln"]
     free = [g for g in graph.groups if not any(c in graph.blocked for c in g)]
     assert [len(g) for g in free] == [32]  # only the FFN hidden units
+    ffn = model.get_layer("ffn_in")
+    kernel, bias = np.asarray(ffn.kernel), np.asarray(ffn.bias) + 0.1
+    kernel[:, ::2], bias[::2] = 0.0, 0.0  # half the hidden units, by hand
+    ffn.kernel.assign(kernel)
+    ffn.bias.assign(bias)
+    small = prunemix.shrink(model)
+    assert small.get_layer("ffn_in").units == 16
+    assert small.get_layer("ffn_out").kernel.shape[0] == 16
+    data = RNG.random((3, 6, 16)).astype("float32")
+    np.testing.assert_allclose(small(data), model(data), atol=1e-5)
 
 
 def test_subclassed_model_says_shrinking_needs_a_graph():
@@ -287,9 +297,8 @@ def test_keras_applications_shrink_at_half_the_channels(name):
 
 def test_a_model_with_nothing_to_prune_by_channel_says_why():
     x = keras.Input((6,))
-    model = prunemix.PrunedModel(
-        x, keras.layers.Dense(3, name="only")(x),
-        pruning_schedule=prunemix.ConstantSparsity(0.5),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    y = keras.layers.Dense(3, name="only")(x)
     with pytest.raises(ValueError, match="no channel group it can prune.*summary"):
-        model.build_pruning()
+        prunemix.PrunedModel(  # a functional model builds its pruner at once
+            x, y, pruning_schedule=prunemix.ConstantSparsity(0.5),
+            pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
