@@ -25,6 +25,8 @@ or a constant a `Dense` (or `"valid"` convolution) can fold into its bias.
 
 from __future__ import annotations
 
+import collections
+
 import keras
 import numpy as np
 
@@ -138,6 +140,7 @@ class ChannelGraph:
             self._connect(*kind_layer)
         for tensor in outputs:
             self._block(self.tensor(tensor), "a model output")
+        self._calls = collections.Counter(id(node[1]) for node in self.nodes)
         self._solve()
 
     # -- building -----------------------------------------------------------
@@ -387,8 +390,8 @@ class ChannelGraph:
     def folds(self, layer, info) -> bool:
         """Whether a layer reading a removed channel's constant can fold it
         into its bias: a Dense or "valid" convolution with a bias, called once."""
-        calls = sum(1 for node in self.nodes if node[1] is layer)
-        return info["fold"] is not None and info["weights"][3] is not None and calls == 1
+        return (info["fold"] is not None and info["weights"][3] is not None
+                and self._calls[id(layer)] == 1)
 
     def constants(self, value_of) -> dict:
         """`{id(tensor): values}`: each channel's value if its class is removed
