@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from prunemix import masks, policy
-from prunemix.graph import ChannelGraph
+from prunemix.graph import ChannelGraph, weight_value
 from prunemix.patterns import PruningPattern
 from prunemix.prunable import locate_weights
 
@@ -153,7 +153,7 @@ def _zeroed(graph: ChannelGraph):
     masked = {id(s.ref) for s in graph.spaces if s.kind == "weight" and s.role == "mask"}
 
     def value_of(variable):
-        value = np.asarray(keras.ops.convert_to_numpy(variable), "float64")
+        value = weight_value(variable)
         return np.zeros_like(value) if id(variable) in masked else value
 
     return value_of
@@ -180,7 +180,7 @@ def plan(model, located: list, specs: dict) -> tuple:
         )
     first = next(iter(chosen.values()))
     graph = ChannelGraph(model)
-    by_id = {id(w): (layer, w, path, key) for layer, w, path, key in located}
+    registry = {id(w) for _, w, _, _ in located}
     chosen_ids = {id(w) for _, w, _, k in located if k in chosen}
     removable = graph.removable(_zeroed(graph))
     cls_of = graph.element_class
@@ -192,7 +192,7 @@ def plan(model, located: list, specs: dict) -> tuple:
     groups, planned_vars = [], {}
     for classes in graph.groups:
         spaces = {id(s): s for c in classes for s in by_class.get(c, [])}.values()
-        if any(id(s.ref) in by_id and id(s.ref) not in chosen_ids for s in spaces):
+        if any(id(s.ref) in registry and id(s.ref) not in chosen_ids for s in spaces):
             continue  # a coupled weight is pruned another way, or excluded
         prunable = [c for c in classes if c in removable]
         if not prunable:
@@ -217,8 +217,7 @@ def plan(model, located: list, specs: dict) -> tuple:
             "or a weight pruned another way). `prunemix.channel_groups(model).summary()` "
             "says why each is kept."
         )
-    located_ids = {id(w) for _, w, _, _ in located}
-    extra = [(s.layer, s.ref) for _, s in planned_vars.values() if id(s.ref) not in located_ids]
+    extra = [(s.layer, s.ref) for _, s in planned_vars.values() if id(s.ref) not in registry]
     located = located + locate_weights(model, extra)
     order = [entry for entry in located if id(entry[1]) in planned_vars]
     # Renumber the members in `located` order: the pruner hands scores so.

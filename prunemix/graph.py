@@ -33,7 +33,7 @@ import numpy as np
 from prunemix import _keras_compat
 from prunemix.prunable import builtin_variable
 
-__all__ = ["ChannelGraph", "channel_groups"]
+__all__ = ["ChannelGraph", "channel_groups", "weight_value"]
 
 L = keras.layers
 _CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
@@ -71,6 +71,11 @@ def _apply(fn, values: np.ndarray) -> np.ndarray:
     nan = np.isnan(values)
     out = keras.ops.convert_to_numpy(fn(np.where(nan, 0.0, values)[None].astype("float32")))
     return np.where(nan, np.nan, np.asarray(out, "float64").reshape(-1))
+
+
+def weight_value(variable) -> np.ndarray:
+    """A weight's value as a float64 numpy array (what the analysis reads)."""
+    return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
 
 
 def _einsum_axes(layer):
@@ -367,11 +372,12 @@ class ChannelGraph:
 
     # -- values: what a removed channel carries ------------------------------
 
-    def removable(self, value_of) -> set:
+    def removable(self, value_of, values: dict | None = None) -> set:
         """Class ids that can be removed without changing any prediction,
         given weight values (`value_of(variable) -> np.ndarray`): not blocked,
-        and every layer reading them gets zero or a constant it can fold."""
-        values = self.constants(value_of)
+        and every layer reading them gets zero or a constant it can fold.
+        `values`: `constants(value_of)`, if the caller has it already."""
+        values = self.constants(value_of) if values is None else values
         bad = set(self.blocked)
         for kind, layer, ins, _, info in self.nodes:
             if kind not in ("kernel", "separable") or (kind == "kernel" and

@@ -9,27 +9,21 @@ import numpy as np
 
 from prunemix import _keras_compat
 from prunemix.export import strip_pruning
-from prunemix.graph import ChannelGraph
+from prunemix.graph import ChannelGraph, weight_value
 
 __all__ = ["shrink", "shrink_dense"]
 
 
-def _value_of(variable) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
-
-
-def _removed_classes(graph: ChannelGraph) -> set:
-    """Removable classes, less those whose removal would empty a tensor."""
-    removed = graph.removable(_value_of)
+def _removed_classes(graph: ChannelGraph, values: dict) -> np.ndarray:
+    """Removable classes (a bool per element id; classes are element ids),
+    less those whose removal would empty a tensor."""
+    removed = np.zeros(len(graph.element_class), bool)
+    removed[list(graph.removable(weight_value, values))] = True
     cls = graph.element_class
-    while True:
-        changed = False
-        for space in graph.spaces:
-            if space.size and all(int(c) in removed for c in cls[space.elements]):
-                removed.discard(int(cls[space.base]))  # keep one (zero) channel
-                changed = True
-        if not changed:
-            return removed
+    for space in graph.spaces:
+        if space.size and removed[cls[space.elements]].all():
+            removed[cls[space.base]] = False  # keep one (zero) channel
+    return removed
 
 
 def _new_config(layer, config: dict, kept: int | None, old: int | None) -> dict:
@@ -48,21 +42,19 @@ def _new_config(layer, config: dict, kept: int | None, old: int | None) -> dict:
     return config
 
 
-def _folds(graph: ChannelGraph, removed: set) -> dict:
+def _folds(graph: ChannelGraph, removed: np.ndarray, values: dict) -> dict:
     """`{id(bias): delta}`: the constant a removed input channel carried into a
     Dense or "valid" convolution, folded into the reading layer's bias."""
-    values = graph.constants(_value_of)
     deltas = {}
     for kind, layer, ins, _, info in graph.nodes:
         if kind != "kernel" or not graph.folds(layer, info):
             continue
         kernel, bias = info["weights"][0], info["weights"][3]
-        space = graph.tensor(ins[0])
-        gone = np.isin(graph.element_class[space.elements], list(removed))
+        gone = removed[graph.element_class[graph.tensor(ins[0]).elements]]
         v = np.where(gone, values[id(ins[0])], 0.0)
         if not np.any(v):
             continue
-        k = _value_of(kernel)
+        k = weight_value(kernel)
         taps = k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
         deltas[id(bias)] = deltas.get(id(bias), 0.0) + v @ taps
     return deltas
@@ -112,10 +104,10 @@ def shrink(model: keras.Model) -> keras.Model:
     stripped = strip_pruning(model) if getattr(model, "pruner", None) is not None else model
     graph = ChannelGraph(stripped)
     functional = _keras_compat.functional_of(stripped)
-    removed = _removed_classes(graph)
+    values = graph.constants(weight_value)  # once: both checks and folds read them
+    removed = _removed_classes(graph, values)
     cls = graph.element_class
-    gone = {id(s): np.nonzero(np.isin(cls[s.elements], list(removed)))[0]
-            for s in graph.spaces}
+    gone = {id(s): np.nonzero(removed[cls[s.elements]])[0] for s in graph.spaces}
     out_channels = {}
     for _, layer, _, outs, _ in graph.nodes:
         space = graph.tensor(outs[0])
@@ -127,7 +119,7 @@ def shrink(model: keras.Model) -> keras.Model:
 
     small = keras.models.clone_model(functional, clone_function=clone)
     small = keras.Model(small.inputs, small.outputs, name=f"{stripped.name}_shrunk")
-    deltas = _folds(graph, removed)
+    deltas = _folds(graph, removed, values)
     for old, new in zip(functional.layers, small.layers, strict=True):
         for variable, target in zip(old.weights, new.weights, strict=True):
             value = keras.ops.convert_to_numpy(variable)
