@@ -1,13 +1,14 @@
-"""Prune on several machines: a custom loop under MultiWorkerMirroredStrategy.
+"""Prune on several machines under MultiWorkerMirroredStrategy: `fit`, or a custom loop.
 
-Keras 3's `fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` on
-TF 2.21 (keras-team/keras#20585: "Attempt to convert a value (PerReplica...)"),
-while a custom loop with `strategy.run` works. `make_train_step` below is that
-loop, reusable as is: forward, gradients, optimizer update, then
-`model.apply_pruning()` inside the same `strategy.run` step. The pruning
-update leaves the replicas once per step (`merge_call`), so every worker
-computes the same masks from the same all-reduced weights, with no extra
-communication.
+`--fit` runs `PrunedModel.fit` and `evaluate`. Keras 3's own `fit` fails under
+`tf.distribute.MultiWorkerMirroredStrategy` on TF 2.21 (keras-team/keras#20585:
+"Attempt to convert a value (PerReplica...)"); `PrunedModel` works around it.
+Without `--fit`, `make_train_step` below is a custom loop with `strategy.run`,
+reusable as is: forward, gradients, optimizer update, then
+`model.apply_pruning()` inside the same `strategy.run` step. Either way the
+pruning update leaves the replicas once per step (`merge_call`), so every
+worker computes the same masks from the same all-reduced weights, with no
+extra communication.
 
 Run one process per machine with `TF_CONFIG` set, e.g. on two hosts:
 
@@ -111,7 +112,7 @@ def train(strategy, steps=20, global_batch_size=32, seed=0):
 
 
 def train_with_fit(strategy, steps=20, global_batch_size=32, seed=0):
-    """The same run through `model.fit` (fails on Keras 3.15 / TF 2.21)."""
+    """The same run through `model.fit`, then `evaluate` on the data once."""
     x, y = make_data()
     with strategy.scope():
         keras.utils.set_random_seed(seed)
@@ -125,8 +126,10 @@ def train_with_fit(strategy, steps=20, global_batch_size=32, seed=0):
             keras.optimizers.SGD(0.1),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch_size).repeat()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch_size)
+    model.fit(data.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
+    model.evaluation = model.evaluate(data, verbose=0, return_dict=True)
+    print(f"worker done: step {int(model.pruner.pruning_step.numpy())}, {model.evaluation}")
     return model
 
 
@@ -144,6 +147,8 @@ def main(argv=None):
             arrays[f"mask{i}"] = p.mask.numpy()
             arrays[f"weight{i}"] = p.weight.numpy()
         arrays["step"] = np.array(int(model.pruner.pruning_step.numpy()))
+        if hasattr(model, "evaluation"):
+            arrays["loss"] = np.array(model.evaluation["loss"])
         np.savez(args.out, **arrays)
     return model
 

@@ -5,6 +5,7 @@ Keep this module small: each helper names the private attribute it relies on.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 
@@ -146,6 +147,64 @@ def graph_of(model):
     return list(model.inputs), list(model.outputs), calls
 
 
+def _source_has(function, text: str) -> bool:
+    try:
+        return text in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+
+
+def multi_worker_fit_bugs(strategy) -> tuple:
+    """`(batch_reduce, scalar_reduce)`: whether `fit` under `strategy` meets
+    keras-team/keras#20585 (checked on Keras 3.15 / TF 2.21), each False on a
+    Keras that fixed it or for any other strategy.
+
+    - `TensorFlowTrainer._maybe_symbolic_build` averages the first batch with
+      `strategy.reduce("MEAN", batch, axis=None)`, which a tuple of
+      `PerReplica` values fails in a multi-worker strategy;
+    - `trainer.reduce_per_replica` reduces every log of a multi-worker step
+      with `strategy.reduce("MEAN", v, axis=0)`: a scalar has no axis 0.
+
+    Found by reading Keras's own source for the two calls, so the workaround
+    turns itself off once Keras changes them.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        trainer._collective_all_reduce_multi_worker(strategy)
+    )
+    return _keras_fit_bugs() if multi else (False, False)
+
+
+@functools.cache
+def _keras_fit_bugs() -> tuple:
+    from keras.src.backend.tensorflow import trainer
+
+    return (
+        _source_has(trainer.TensorFlowTrainer._maybe_symbolic_build, "axis=None"),
+        _source_has(trainer.reduce_per_replica, 'strategy.reduce("MEAN", v, axis=0)'),
+    )
+
+
+def first_replica_batch(model, iterator):
+    """The first batch of a `fit`/`evaluate` epoch iterator, each distributed
+    value replaced by its first local replica's value: what
+    `_maybe_symbolic_build` needs (shapes) without reducing `PerReplica`
+    tuples (keras#20585). Consumes the batch as Keras's own code does."""
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    for _, _, it in iterator:
+        batch = next(it)
+        return keras.tree.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0]
+            if isinstance(v, tf.distribute.DistributedValues) else v,
+            batch,
+        )
+    return None
+
+
 def is_functional_call(args, kwargs) -> bool:
     """Whether constructor arguments are functional-API `(inputs, outputs)`."""
     from keras.src.models.model import functional_init_arguments
@@ -220,6 +279,7 @@ def capture_init_config(instance, cls, args, kwargs, serialize: dict) -> None:
 __all__ = [
     "attach_after_build",
     "capture_init_config",
+    "first_replica_batch",
     "functional_class",
     "functional_of",
     "graph_of",
@@ -228,6 +288,7 @@ __all__ = [
     "is_default_build",
     "is_functional_call",
     "layer_paths",
+    "multi_worker_fit_bugs",
     "nested_layers",
     "variable_strategy",
 ]

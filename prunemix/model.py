@@ -311,9 +311,29 @@ class PrunedModel(keras.Model):
                 "same `strategy.scope()` (loading a saved model there works too)."
             )
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # keras#20585 (`_keras_compat.multi_worker_fit_bugs`): build from the
+        # first replica's batch instead of averaging a tuple of PerReplica.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and _keras_compat.multi_worker_fit_bugs(strategy)[0]:
+            data_batch, iterator = _keras_compat.first_replica_batch(self, iterator), None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _distributable(self, logs: dict) -> dict:
+        """Logs that Keras can reduce across workers: shape `(1,)` while
+        keras#20585 reduces every log along axis 0 (the reduction returns
+        scalars again)."""
+        if not _keras_compat.multi_worker_fit_bugs(self.distribute_strategy)[1]:
+            return logs
+        return {k: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v
+                for k, v in logs.items()}
+
+    def test_step(self, *args, **kwargs):
+        return self._distributable(super().test_step(*args, **kwargs))
+
     def train_step(self, *args, **kwargs):
         if self._stripped:
-            return super().train_step(*args, **kwargs)
+            return self._distributable(super().train_step(*args, **kwargs))
         # `optimizer.iterations` counts applied updates: it stays put on a
         # step skipped by loss scaling and between gradient-accumulation
         # updates, and so does the pruning step.
@@ -321,7 +341,7 @@ class PrunedModel(keras.Model):
         logs = super().train_step(*args, **kwargs)
         updated = tf.greater(self.optimizer.iterations, before)
         sparsity = self.apply_pruning(advance=updated)
-        return {**logs, "sparsity": sparsity}
+        return self._distributable({**logs, "sparsity": sparsity})
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, then two checks that pruning did what was asked.
