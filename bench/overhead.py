@@ -12,6 +12,8 @@ threshold (tfmot's method) on the same weights.
     python bench/overhead.py            # full run
     python bench/overhead.py --quick    # smoke run
     python bench/overhead.py --mirrored # the same under MirroredStrategy
+    python bench/overhead.py --first-step  # first step, pruned vs dense: MobileNetV2,
+                                           # GPT-2 (keras_hub, the `hub` extra)
 """
 
 from __future__ import annotations
@@ -152,17 +154,84 @@ def run_case(name, graph_fn, batch_size, steps, rounds, strategy):
     return statistics.median(wall), statistics.median(cpu)
 
 
+def first_step_model(name: str, pruned: bool):
+    """A model for the first-step timing, compiled, and its data (x, y)."""
+    rng = np.random.default_rng(0)
+    schedule = prunemix.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=1000, frequency=1)
+    if name == "MobileNetV2":
+        dense = keras.applications.MobileNetV2(input_shape=(96, 96, 3), weights=None,
+                                               classes=10)
+        x = rng.random((8, 96, 96, 3)).astype("float32")
+        y = rng.integers(0, 10, 8)
+        model = prunemix.prune_model(dense, schedule) if pruned else dense
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model, x, y
+    import keras_hub  # the `hub` extra
+
+    # GPT-2 small's 12 layers, at a third of its width and a small vocabulary.
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=1000, num_layers=12, num_heads=4, hidden_dim=256,
+        intermediate_dim=1024, max_sequence_length=64)
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    cls = prunemix.PrunedModel if pruned else keras.Model
+    kwargs = {"pruning_schedule": schedule} if pruned else {}
+    model = cls(lm.inputs, lm.outputs, **kwargs)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = {"token_ids": rng.integers(0, 1000, (8, 64)), "padding_mask": np.ones((8, 64), bool)}
+    return model, x, rng.integers(0, 1000, (8, 64))
+
+
+def first_step_child(name: str, kind: str) -> None:
+    """Prints the seconds of the first `train_on_batch` (trace + compile +
+    the first mask update) in this fresh process."""
+    model, x, y = first_step_model(name, kind == "pruned")
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    print(f"FIRST_STEP {time.perf_counter() - start:.3f}")
+
+
+def first_step_times(names, rounds: int) -> dict:
+    """Median first-step seconds, dense and pruned, each in a fresh process,
+    alternating (order flipped every round)."""
+    import subprocess
+
+    results = {}
+    for name in names:
+        times = {"dense": [], "pruned": []}
+        for r in range(rounds):
+            for kind in ("dense", "pruned")[:: 1 if r % 2 == 0 else -1]:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--first-step-child", name, kind],
+                    capture_output=True, text=True, check=True).stdout
+                times[kind].append(float(out.split("FIRST_STEP")[-1]))
+        results[name] = {k: statistics.median(v) for k, v in times.items()}
+        d, p = results[name]["dense"], results[name]["pruned"]
+        print(f"  first step (trace + compile + first mask update), {name}, median of "
+              f"{rounds} fresh processes each: dense {d:.1f} s, pruned {p:.1f} s "
+              f"({p / d:.2f}x)", flush=True)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="pruned vs dense step time")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--case", choices=list("abc"), action="append")
+    parser.add_argument("--first-step", nargs="*", metavar="MODEL",
+                        choices=["MobileNetV2", "GPT2"],
+                        help="time the first training step instead (fresh processes)")
+    parser.add_argument("--first-step-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument(
         "--mirrored", action="store_true",
         help="train under MirroredStrategy on 2 logical CPUs (a fresh process)",
     )
     args = parser.parse_args(argv)
+    if args.first_step_child:
+        return first_step_child(*args.first_step_child)
+    if args.first_step is not None:
+        return first_step_times(args.first_step or ["MobileNetV2", "GPT2"],
+                                1 if args.quick else args.rounds)
     strategy = tf.distribute.get_strategy()
     if args.mirrored:
         tf.config.set_logical_device_configuration(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["lowest_k_mask", "magnitude_mask", "pruned_count", "rank_bits"]
+__all__ = ["lowest_k_mask", "lowest_k_masks", "magnitude_mask", "pruned_count", "rank_bits"]
 
 # (shift, width) of each radix pass over the 31 value bits of a float32 >= 0.
 # Two passes of 16 and 15 bits: each pass is one scatter-add over every entry
@@ -130,9 +130,7 @@ def _last_tie_index(at_kth, rank):
     return block * _TIE_BLOCK + offset
 
 
-def _lowest_k_mask_flat(scores, k):
-    # One bit pattern for every NaN, above +inf's: NaNs rank last, by index.
-    bits = rank_bits(scores)
+def _lowest_k_mask_bits(bits, k):
     kth, ties_to_prune, ties = _kth_smallest(bits, tf.maximum(k, 1))
 
     def break_ties():
@@ -150,8 +148,20 @@ def _lowest_k_mask_flat(scores, k):
 
 
 _lowest_k_mask_xla = tf.function(
-    _lowest_k_mask_flat, jit_compile=True, reduce_retracing=True
+    _lowest_k_mask_bits, jit_compile=True, reduce_retracing=True
 )
+# Padding: above every real key (NaN's included), so never among the k lowest.
+_PAD_BITS = 0x7FFFFFFF
+
+
+def _bucket(size: int) -> int:
+    """The padded length XLA compiles the selection for: the next of
+    2^e * {1, 1.5} (at most 1.5x the entries), so a model's many weight
+    sizes share a few compilations (MobileNetV2: 52 sizes, 20 buckets)."""
+    if size <= 1024:
+        return 1024
+    power = 1 << (size - 1).bit_length()
+    return power * 3 // 4 if size <= power * 3 // 4 else power
 
 
 def lowest_k_mask(scores, k):
@@ -166,9 +176,111 @@ def lowest_k_mask(scores, k):
         A bool tensor shaped like `scores`, with exactly `k` False entries.
     """
     scores = tf.convert_to_tensor(scores)
-    flat = tf.reshape(tf.cast(scores, tf.float32), [-1])
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
-    return tf.reshape(_lowest_k_mask_xla(flat, k), tf.shape(scores))
+    # One bit pattern for every NaN, above +inf's: NaNs rank last, by index.
+    bits = tf.reshape(rank_bits(scores), [-1])
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(bits))
+    size = bits.shape[0]
+    if size is None:
+        return tf.reshape(_lowest_k_mask_xla(bits, k), tf.shape(scores))
+    padded = tf.pad(bits, [[0, _bucket(size) - size]], constant_values=_PAD_BITS)
+    return tf.reshape(_lowest_k_mask_xla(padded, k)[:size], tf.shape(scores))
+
+
+# Many weights at once: three radix passes of at most 2048 buckets per weight,
+# so the histograms of hundreds of weights stay small.
+_SEGMENTED_PASSES = ((20, 11), (10, 10), (0, 10))
+# Weights above this many entries get a selection of their own.
+_BATCH_ENTRIES = 1 << 22
+
+
+def _lowest_k_masks_bits(bits, starts, k):
+    """Segmented `_lowest_k_mask_bits`: `bits` holds one run per weight, run
+    i beginning at `starts[i]` (`starts[0] == 0`; a run may be empty at the
+    end), with `k[i]` entries to prune in it."""
+    count = tf.shape(k)[0]
+    # Run ids from the run starts (a small vector, not an N-long constant);
+    # a start at the very end marks nothing.
+    inner = tf.minimum(starts[1:], tf.size(bits))
+    marks = tf.tensor_scatter_nd_add(tf.zeros(tf.size(bits) + 1, tf.int32), inner[:, None],
+                                     tf.ones_like(inner))
+    segment = tf.cumsum(marks[:-1])
+    prefix = tf.zeros_like(k)
+    rank = tf.maximum(k, 1)
+    for shift, width in _SEGMENTED_PASSES:
+        digits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, shift), (1 << width) - 1)
+        if shift + width < 31:
+            above = tf.bitwise.right_shift(bits, shift + width)
+            ones = tf.cast(tf.equal(above, tf.gather(prefix, segment)), tf.int32)
+        else:
+            ones = tf.ones_like(bits)
+        hist = tf.math.unsorted_segment_sum(ones, segment * (1 << width) + digits,
+                                            count * (1 << width))
+        hist = tf.reshape(hist, [count, 1 << width])
+        below = tf.cumsum(hist, axis=1, exclusive=True)
+        digit = tf.argmax(tf.cast(below + hist >= rank[:, None], tf.int32), axis=1,
+                          output_type=tf.int32)
+        rank = rank - tf.gather(below, digit, batch_dims=1)
+        prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, width), digit)
+    kth = tf.gather(prefix, segment)
+    at_kth = tf.equal(bits, kth)
+    # Ties by flat index within each run: the first `rank` entries equal to kth.
+    seen = tf.cumsum(tf.cast(at_kth, tf.int32))
+    before = tf.gather(tf.pad(seen, [[1, 0]]), starts)
+    within = seen - tf.gather(before, segment)
+    prune = tf.logical_or(tf.less(bits, kth),
+                          tf.logical_and(at_kth, within <= tf.gather(rank, segment)))
+    return tf.logical_not(tf.logical_and(prune, tf.gather(k, segment) > 0))
+
+
+_lowest_k_masks_xla = tf.function(_lowest_k_masks_bits, jit_compile=True, reduce_retracing=True)
+
+
+def lowest_k_masks(scores: list, ks) -> list:
+    """`[lowest_k_mask(s, k) for s, k in zip(scores, ks)]`, in few compilations.
+
+    Weights of up to 4M entries are selected together, in runs of one
+    concatenated, padded tensor: one XLA compilation (and one trace) for a
+    model's many weight sizes instead of one each, the cost of a model's
+    first pruned step. Larger weights get their own selection. The masks are
+    identical to `lowest_k_mask`'s (same ties, same NaN order).
+
+    Args:
+        scores: float tensors of known shapes.
+        ks: the number to prune in each, ints in [0, size] (a list, or an
+            int vector tensor).
+
+    Returns:
+        A list of bool keep-masks shaped like `scores`.
+    """
+    ks = tf.cast(tf.convert_to_tensor(ks), tf.int32)
+    out = [None] * len(scores)
+    chunks, entries = [[]], 0
+    for i, score in enumerate(scores):
+        size = score.shape.num_elements()
+        if size is None or size > _BATCH_ENTRIES:
+            out[i] = lowest_k_mask(score, ks[i])
+            continue
+        if entries + size > 4 * _BATCH_ENTRIES:
+            chunks.append([])
+            entries = 0
+        chunks[-1].append((i, size))
+        entries += size
+    for chunk in filter(None, chunks):
+        index = [i for i, _ in chunk]
+        sizes = [size for _, size in chunk]
+        total = sum(sizes)
+        pad = _bucket(total) - total
+        flat = tf.concat([tf.reshape(tf.cast(scores[i], tf.float32), [-1]) for i in index], 0)
+        bits = tf.pad(rank_bits(flat), [[0, pad]], constant_values=_PAD_BITS)
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        # The padding is one more run, with nothing to prune.
+        k = tf.concat([tf.clip_by_value(tf.gather(ks, index), 0, sizes), [0]], 0)
+        keep = _lowest_k_masks_xla(bits, tf.constant(starts, tf.int32), k)
+        for i, part in zip(index, tf.split(keep, sizes + [pad])[:-1], strict=True):
+            out[i] = tf.reshape(part, scores[i].shape)
+    return out
 
 
 def magnitude_mask(weights, sparsity):

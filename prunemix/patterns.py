@@ -153,6 +153,22 @@ class Magnitude(PruningPattern):
         count = masks.pruned_count(sparsity, tf.size(scores))
         return masks.lowest_k_mask(scores, count), count
 
+    def group_masks(self, scores: list, target, bounds: list) -> tuple:
+        # One selection for the group's weights (`lowest_k_masks`): a model's
+        # first pruned step compiles once, not once per weight size. A
+        # subclass with its own masks keeps the weight-by-weight path.
+        own = type(self)
+        if own.mask_and_count is not Magnitude.mask_and_count or own.mask is not \
+                PruningPattern.mask:
+            return super().group_masks(scores, target, bounds)
+        scores = [tf.convert_to_tensor(s) for s in scores]
+        lows, highs = zip(*bounds, strict=True)
+        target = tf.cast(target, tf.float64)
+        sparsity = tf.minimum(tf.maximum(target, tf.constant(lows, tf.float64)),
+                              tf.constant(highs, tf.float64))
+        counts = masks.pruned_count(sparsity, [s.shape.num_elements() for s in scores])
+        return masks.lowest_k_masks(scores, counts), tf.unstack(counts)
+
 
 @keras.saving.register_keras_serializable(package="prunemix")
 class GlobalMagnitude(Magnitude):

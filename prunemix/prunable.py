@@ -244,6 +244,9 @@ def _builtin_registry() -> list:
         ((layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Conv1DTranspose,
           layers.Conv2DTranspose, layers.Conv3DTranspose,
           layers.DepthwiseConv1D, layers.DepthwiseConv2D), ("kernel",)),
+        # keras_hub's LM heads: an untied head is a second vocabulary x
+        # width matrix ("?": only when the layer has it).
+        ((getattr(layers, "ReversibleEmbedding", ()),), ("embeddings", "reverse_embeddings?")),
         ((layers.Embedding,), ("embeddings",)),
         ((layers.SimpleRNNCell, layers.LSTMCell, layers.GRUCell),
          ("kernel", "recurrent_kernel")),
@@ -337,10 +340,11 @@ def prunable_weights_of(layer) -> list:
         `layer.get_prunable_weights()` if the layer has that method;
         the weights named by `register_prunable` for the layer's class; the
         kernels of a built-in Keras layer (Dense, EinsumDense, Conv*,
-        Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding, RNN cells,
-        ConvLSTM1D/2D/3D); otherwise `[]`. Sublayers are not included: a model walks them
-        separately (MultiHeadAttention and LSTM prune through their
-        EinsumDense projections and cells).
+        Conv*Transpose, DepthwiseConv*, SeparableConv*, Embedding,
+        ReversibleEmbedding (its untied `reverse_embeddings` too: keras_hub's
+        LM heads), RNN cells, ConvLSTM1D/2D/3D); otherwise `[]`. Sublayers
+        are not included: a model walks them separately (MultiHeadAttention
+        and LSTM prune through their EinsumDense projections and cells).
 
     Raises:
         ValueError: if a declared weight is missing or not a float variable.
@@ -355,10 +359,12 @@ def prunable_weights_of(layer) -> list:
         return weights
     for classes, names in _REGISTRY:
         if isinstance(layer, classes):
+            present = [name.rstrip("?") for name in names
+                       if not name.endswith("?") or getattr(layer, name[:-1], None) is not None]
             return [
                 _check_weight(layer, name, builtin_variable(layer, name) if "." not in name
                               else _resolve(layer, name))
-                for name in names
+                for name in present
             ]
     return []
 

@@ -119,3 +119,26 @@ def test_lowest_k_mask_matches_numpy_reference(values, data):
     k = data.draw(st.integers(0, scores.size))
     np.testing.assert_array_equal(masks.lowest_k_mask(scores, k).numpy(),
                                   reference_lowest_k(scores, k))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=1, max_size=30), min_size=1, max_size=5), st.data())
+def test_lowest_k_masks_selects_many_weights_like_one_each(groups, data):
+    scores = [np.array(v, np.float32).reshape(-1, 1) if i % 2 else np.array(v, np.float32)
+              for i, v in enumerate(groups)]
+    ks = [data.draw(st.integers(0, s.size)) for s in scores]
+    got = masks.lowest_k_masks([tf.constant(s) for s in scores], ks)
+    for score, k, mask in zip(scores, ks, got, strict=True):
+        assert mask.shape == score.shape
+        np.testing.assert_array_equal(mask.numpy().ravel(), reference_lowest_k(score.ravel(), k))
+
+
+def test_lowest_k_masks_compiles_once_for_many_sizes():
+    sizes = [5, 17, 300, 1000, 4097]
+    rng = np.random.default_rng(0)
+    scores = [tf.constant(rng.normal(size=n).astype("float32")) for n in sizes]
+    before = masks._lowest_k_masks_xla.experimental_get_tracing_count()
+    for shift in range(3):  # same sizes, other k: no new trace
+        got = masks.lowest_k_masks(scores, [n // 2 + shift for n in sizes])
+        assert [int((~m.numpy()).sum()) for m in got] == [n // 2 + shift for n in sizes]
+    assert masks._lowest_k_masks_xla.experimental_get_tracing_count() - before <= 1

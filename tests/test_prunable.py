@@ -234,3 +234,18 @@ def test_conv_lstm_kernels_are_prunable(mode):
     model.fit(np.ones((4, 3, 6, 6, 2)), np.ones((4, 4, 4, 4)), verbose=0)
     for p in model.pruner.pruned_weights:
         assert (p.weight.numpy() == 0).sum() >= p.mask.numpy().size // 2
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_reversible_embedding_prunes_an_untied_lm_head_too(tied):
+    tokens = keras.Input((5,), dtype="int32")
+    embedding = keras.layers.ReversibleEmbedding(50, 8, tie_weights=tied, name="emb")
+    logits = embedding(embedding(tokens), reverse=True)  # keras_hub's LM head
+    model = prunemix.PrunedModel(tokens, logits,
+                                 pruning_schedule=prunemix.ConstantSparsity(0.5, frequency=1))
+    expected = ["emb/embeddings"] + ([] if tied else ["emb/reverse_embeddings"])
+    assert [p.path for p in model.pruner.pruned_weights] == expected
+    model.pruner.update_masks(1)
+    model.pruner.apply_masks()
+    for p in model.pruner.pruned_weights:
+        assert (p.weight.numpy() == 0).sum() == 200  # round(0.5 * 400)
