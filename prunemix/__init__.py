@@ -13,7 +13,7 @@ with _quiet.native_stderr_silenced(_quiet.running_cli()):
     import tensorflow  # noqa: F401  (first import: quiet under `python -m prunemix`)
 from prunemix.callbacks import PruningSummaries
 from prunemix.channels import ChannelGroups
-from prunemix.export import strip_pruning, to_tflite
+from prunemix.export import copy_weights, strip_pruning, to_tflite
 from prunemix.graph import ChannelGraph, channel_groups
 from prunemix.litert import (
     TfliteOp,
@@ -79,6 +79,7 @@ __all__ = [
     "__version__",
     "channel_groups",
     "compressed_size",
+    "copy_weights",
     "find_prunable_weights",
     "latency_policy",
     "load_model",

@@ -205,6 +205,55 @@ def first_replica_batch(model, iterator):
     return None
 
 
+def shared_across_nesting(model) -> list:
+    """`[(layer name, nested model name)]`: layers that a nested functional
+    model holds and `model`'s own graph also calls (keras_hub's tied LM head:
+    the backbone's token embedding, called again in reverse). Keras's
+    `clone_model` and functional `from_config` create such a layer twice, so
+    the copy has more weights than the original and does not reload.
+    Reads `Functional._operations` (Keras 3.15)."""
+    model = functional_of(model)
+    if not isinstance(model, functional_class()):
+        return []
+    own = {id(op): op for op in model._operations}
+    found = []
+    for op in model._operations:
+        if isinstance(op, functional_class() | keras.Sequential):
+            for inner in nested_layers(op):
+                if id(inner) in own:
+                    found.append((inner.name, op.name))
+    return found
+
+
+def graph_structs(model) -> tuple:
+    """`(inputs, outputs)` of a functional model as it was built: dicts stay
+    dicts (`Function._inputs_struct`, `_outputs_struct`)."""
+    return model._inputs_struct, model._outputs_struct
+
+
+def inline_nested(model) -> tuple:
+    """`(inputs, outputs)` of `model`'s graph with every nested functional or
+    Sequential model's own graph called in its place, on new inputs: one flat
+    graph, each layer once (shared layers called at several nodes). Runs
+    `Functional._run_through_graph` (Keras 3.15)."""
+
+    def inline(functional, inputs):
+        def operation(op):
+            if isinstance(op, functional_class() | keras.Sequential):
+                inner = functional_of(op)
+                return lambda *args, **kwargs: inline(inner, args[0] if len(args) == 1 else args)
+            return op
+
+        return functional._run_through_graph(inputs, operation_fn=operation)
+
+    model = functional_of(model)
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
+        model._inputs_struct,
+    )
+    return inputs, inline(model, inputs)
+
+
 def is_functional_call(args, kwargs) -> bool:
     """Whether constructor arguments are functional-API `(inputs, outputs)`."""
     from keras.src.models.model import functional_init_arguments
@@ -283,12 +332,15 @@ __all__ = [
     "functional_class",
     "functional_of",
     "graph_of",
+    "graph_structs",
     "inbound_count",
+    "inline_nested",
     "inbound_layers",
     "is_default_build",
     "is_functional_call",
     "layer_paths",
     "multi_worker_fit_bugs",
     "nested_layers",
+    "shared_across_nesting",
     "variable_strategy",
 ]

@@ -12,7 +12,7 @@ from prunemix import _keras_compat
 from prunemix.model import PrunedModel
 from prunemix.report import model_weights
 
-__all__ = ["strip_pruning", "to_tflite"]
+__all__ = ["copy_weights", "strip_pruning", "to_tflite"]
 
 
 def _masked_values(model) -> dict:
@@ -42,6 +42,60 @@ def _call_once(model, build_config: dict) -> None:
             k.removesuffix("_shape"): keras.tree.map_shape_structure(zeros, v)
             for k, v in build_config["shapes_dict"].items()
         })
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
+    """Copies the weights of `source` into `target`, matched by weight path.
+
+    Every weight of `target` gets the value of the weight of `source` with
+    the same path (`variable.path` relative to its model, e.g.
+    `"token_embedding/embeddings"`); pruned entries stay exactly zero.
+
+    For getting pruned weights back into a model of another class with the
+    same layers: `prune_model` flattens a keras_hub `CausalLM` into a
+    functional `PrunedModel`; copy its (stripped) weights into the task to
+    call `generate()`. Pruning masks and state are not copied.
+
+    Args:
+        source: a model (a `PrunedModel`, stripped or not).
+        target: a built model whose weight paths all exist in `source`.
+
+    Returns:
+        `target`, with the weights of `source`.
+
+    Raises:
+        ValueError: naming the paths of `target` that `source` lacks, or
+            whose shapes differ; nothing is copied then.
+
+    Example:
+
+    ```python
+    pruned = prunemix.prune_model(causal_lm, prunemix.ConstantSparsity(0.5))
+    pruned.fit(...)
+    prunemix.copy_weights(prunemix.strip_pruning(pruned), causal_lm)
+    causal_lm.generate(prompts, stop_token_ids=None)
+    ```
+    """
+    def path(variable, model):  # relative to the model, when Keras prefixed its name
+        prefix = f"{model.name}/"
+        return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+
+    values = _masked_values(source)
+    by_path = {path(v, source): v for v in source.weights}
+    wanted = {path(v, target): v for v in target.weights}
+    missing = [p for p in wanted if p not in by_path]
+    wrong = [f"{p} {tuple(v.shape)} vs {tuple(by_path[p].shape)}"
+             for p, v in wanted.items() if p in by_path and v.shape != by_path[p].shape]
+    if missing or wrong:
+        raise ValueError(
+            f"copy_weights: model '{target.name}' has weights that model '{source.name}' "
+            + (f"lacks: {missing}" if missing else "")
+            + (f"{'; and ' if missing else ''}shaped otherwise: {wrong}" if wrong else "") + "."
+        )
+    for name, variable in wanted.items():
+        found = by_path[name]
+        variable.assign(values.get(id(found), keras.ops.convert_to_numpy(found)))
+    return target
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:

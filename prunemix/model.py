@@ -421,6 +421,17 @@ class FunctionalPrunedModel(Functional, PrunedModel):
             pruning_schedule, pruning_policy, name="pruner"
         )
         Functional.__init__(self, *args, **kwargs)
+        shared = _keras_compat.shared_across_nesting(self)
+        if shared:
+            layer, nested = shared[0]
+            warnings.warn(
+                f"PrunedModel '{self.name}': layer '{layer}' belongs to the nested model "
+                f"'{nested}' and is called again outside it (a tied LM head). Keras's "
+                "`from_config` would create it twice, so this model cannot be saved and "
+                "reloaded, stripped or copied. Use `prunemix.prune_model(model)`, which "
+                "flattens the graph and keeps the layer once.",
+                UserWarning, stacklevel=3,
+            )
         self._wait_for_build(new)
         self.build_pruning()
 

@@ -19,7 +19,17 @@ _VALID_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
 
 
 def _functional_copy(model: keras.Model):
-    """`(inputs, outputs)` of a copy of `model` with new layers and its weights."""
+    """`(inputs, outputs)` of a copy of `model` with new layers and its weights.
+
+    A layer shared between a nested model and the outer graph (keras_hub's
+    tied LM head) would be copied twice by `clone_model`: such a graph is
+    flattened first (`inline_nested`), so the copy holds it once.
+    """
+    if _keras_compat.shared_across_nesting(model):
+        flat = keras.Model(*_keras_compat.inline_nested(model), name=model.name)
+        clone = keras.models.clone_model(flat)
+        clone.set_weights(flat.get_weights())
+        return _keras_compat.graph_structs(clone)
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     if isinstance(clone, keras.Sequential):
