@@ -189,8 +189,10 @@ def lowest_k_mask(scores, k):
 # Many weights at once: three radix passes of at most 2048 buckets per weight,
 # so the histograms of hundreds of weights stay small.
 _SEGMENTED_PASSES = ((20, 11), (10, 10), (0, 10))
-# Weights above this many entries get a selection of their own.
-_BATCH_ENTRIES = 1 << 22
+# Weights above this many entries get a selection of their own: the shared
+# one costs more per entry (three passes, a concatenation), so it is kept to
+# the many small weights whose sizes would each need a compilation.
+_BATCH_ENTRIES = 1 << 19
 
 
 def _lowest_k_masks_bits(bits, starts, k):
@@ -221,14 +223,20 @@ def _lowest_k_masks_bits(bits, starts, k):
                           output_type=tf.int32)
         rank = rank - tf.gather(below, digit, batch_dims=1)
         prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, width), digit)
+        ties = tf.gather(hist, digit, batch_dims=1)
     kth = tf.gather(prefix, segment)
-    at_kth = tf.equal(bits, kth)
-    # Ties by flat index within each run: the first `rank` entries equal to kth.
-    seen = tf.cumsum(tf.cast(at_kth, tf.int32))
-    before = tf.gather(tf.pad(seen, [[1, 0]]), starts)
-    within = seen - tf.gather(before, segment)
-    prune = tf.logical_or(tf.less(bits, kth),
-                          tf.logical_and(at_kth, within <= tf.gather(rank, segment)))
+
+    def break_ties():
+        # Ties by flat index within each run: the first `rank` entries equal to kth.
+        at_kth = tf.equal(bits, kth)
+        seen = tf.cumsum(tf.cast(at_kth, tf.int32))
+        before = tf.gather(tf.pad(seen, [[1, 0]]), starts)
+        within = seen - tf.gather(before, segment)
+        return tf.logical_or(tf.less(bits, kth),
+                             tf.logical_and(at_kth, within <= tf.gather(rank, segment)))
+
+    prune = tf.cond(tf.reduce_all(tf.equal(ties, rank)),
+                    lambda: tf.less_equal(bits, kth), break_ties)
     return tf.logical_not(tf.logical_and(prune, tf.gather(k, segment) > 0))
 
 
@@ -238,7 +246,7 @@ _lowest_k_masks_xla = tf.function(_lowest_k_masks_bits, jit_compile=True, reduce
 def lowest_k_masks(scores: list, ks) -> list:
     """`[lowest_k_mask(s, k) for s, k in zip(scores, ks)]`, in few compilations.
 
-    Weights of up to 4M entries are selected together, in runs of one
+    Weights of up to 512K entries are selected together, in runs of one
     concatenated, padded tensor: one XLA compilation (and one trace) for a
     model's many weight sizes instead of one each, the cost of a model's
     first pruned step. Larger weights get their own selection. The masks are
