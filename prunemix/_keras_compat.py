@@ -187,22 +187,28 @@ def _keras_fit_bugs() -> tuple:
     )
 
 
-def first_replica_batch(model, iterator):
-    """The first batch of a `fit`/`evaluate` epoch iterator, each distributed
-    value replaced by its first local replica's value: what
-    `_maybe_symbolic_build` needs (shapes) without reducing `PerReplica`
-    tuples (keras#20585). Consumes the batch as Keras's own code does."""
+def first_batch_for_build(model, iterator, data_batch) -> tuple:
+    """`(iterator, data_batch)` for `TensorFlowTrainer._maybe_symbolic_build`.
+
+    While keras#20585 is in Keras (`multi_worker_fit_bugs`), the first batch
+    of the epoch iterator is taken here, each distributed value replaced by
+    its first local replica's value: the symbolic build needs its shapes, and
+    Keras's own mean over a tuple of `PerReplica` values fails. The batch is
+    consumed as Keras's own code does. Otherwise both come back unchanged.
+    """
     import tensorflow as tf
 
     strategy = model.distribute_strategy
+    if iterator is None or not multi_worker_fit_bugs(strategy)[0]:
+        return iterator, data_batch
     for _, _, it in iterator:
         batch = next(it)
-        return keras.tree.map_structure(
+        return None, keras.tree.map_structure(
             lambda v: strategy.experimental_local_results(v)[0]
             if isinstance(v, tf.distribute.DistributedValues) else v,
             batch,
         )
-    return None
+    return None, data_batch
 
 
 def shared_across_nesting(model) -> list:
@@ -328,7 +334,7 @@ def capture_init_config(instance, cls, args, kwargs, serialize: dict) -> None:
 __all__ = [
     "attach_after_build",
     "capture_init_config",
-    "first_replica_batch",
+    "first_batch_for_build",
     "functional_class",
     "functional_of",
     "graph_of",

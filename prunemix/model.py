@@ -312,11 +312,9 @@ class PrunedModel(keras.Model):
             )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras#20585 (`_keras_compat.multi_worker_fit_bugs`): build from the
-        # first replica's batch instead of averaging a tuple of PerReplica.
-        strategy = getattr(self, "_distribute_strategy", None)
-        if iterator is not None and _keras_compat.multi_worker_fit_bugs(strategy)[0]:
-            data_batch, iterator = _keras_compat.first_replica_batch(self, iterator), None
+        # Keras's hook before the first step; keras#20585's fix lives in
+        # `_keras_compat.first_batch_for_build`.
+        iterator, data_batch = _keras_compat.first_batch_for_build(self, iterator, data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _distributable(self, logs: dict) -> dict:

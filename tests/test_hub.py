@@ -101,3 +101,16 @@ def test_copy_weights_names_what_is_missing():
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="b")])
     with pytest.raises(ValueError, match=r"lacks: \['b/kernel', 'b/bias'\]"):
         prunemix.copy_weights(small, other)
+
+
+def test_pruned_gpt2_backbone_converts_to_tflite():
+    backbone = gpt2().backbone
+    pruned = prunemix.prune_model(backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    pruned.pruner.update_masks(1)
+    pruned.pruner.apply_masks()
+    stripped = prunemix.strip_pruning(pruned)
+    runner = prunemix.make_interpreter(prunemix.to_tflite(stripped)).get_signature_runner()
+    inputs = {"token_ids": X["token_ids"][:1], "padding_mask": X["padding_mask"][:1]}
+    details = runner.get_input_details()
+    (got,) = runner(**{k: v.astype(details[k]["dtype"]) for k, v in inputs.items()}).values()
+    np.testing.assert_allclose(got, stripped.predict(inputs, verbose=0), atol=1e-5)
