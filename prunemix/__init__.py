@@ -26,7 +26,7 @@ from prunemix.litert import (
     xnnpack_sparse_report,
 )
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
-from prunemix.model import PrunedModel
+from prunemix.model import PrunedModel, pruned_class
 from prunemix.patterns import (
     BlockSparsity,
     GlobalMagnitude,
@@ -89,6 +89,7 @@ __all__ = [
     "prunable",
     "prunable_weights_of",
     "prune_model",
+    "pruned_class",
     "pruned_count",
     "register_prunable",
     "shrink",

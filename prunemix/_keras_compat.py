@@ -267,6 +267,15 @@ def is_functional_call(args, kwargs) -> bool:
     return bool(functional_init_arguments(args, kwargs))
 
 
+def keras_default(method):
+    """Marks `method` as Keras's own default (`keras.src.utils.python_utils.default`,
+    Keras 3.15): a `get_config` that only adds to its parent's must not stop
+    `Operation.get_config` from generating a subclassed model's config."""
+    from keras.src.utils.python_utils import default
+
+    return default(method)
+
+
 def is_default_build(cls) -> bool:
     """Whether `cls.build` is `Layer.build` itself (marked `_is_default`)."""
     return bool(getattr(cls.build, "_is_default", False))
@@ -331,8 +340,25 @@ def capture_init_config(instance, cls, args, kwargs, serialize: dict) -> None:
     instance._lock = True
 
 
+def call_once(model, build_config: dict) -> None:
+    """Runs a rebuilt subclassed model once on zeros of its recorded shapes,
+    as `model.export()` requires a model that has been called."""
+
+    def zeros(shape):
+        return keras.ops.zeros([1 if d is None else d for d in shape], dtype=model.input_dtype)
+
+    if "input_shape" in build_config:
+        model(keras.tree.map_shape_structure(zeros, build_config["input_shape"]))
+    elif "shapes_dict" in build_config:
+        model(**{
+            k.removesuffix("_shape"): keras.tree.map_shape_structure(zeros, v)
+            for k, v in build_config["shapes_dict"].items()
+        })
+
+
 __all__ = [
     "attach_after_build",
+    "call_once",
     "capture_init_config",
     "first_batch_for_build",
     "functional_class",
@@ -344,6 +370,7 @@ __all__ = [
     "inbound_layers",
     "is_default_build",
     "is_functional_call",
+    "keras_default",
     "layer_paths",
     "multi_worker_fit_bugs",
     "nested_layers",

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from prunemix import _keras_compat
-from prunemix.model import PrunedModel
+from prunemix.model import FunctionalPrunedModel, PrunedModel
 from prunemix.report import model_weights
 
 __all__ = ["copy_weights", "strip_pruning", "to_tflite"]
@@ -28,22 +28,6 @@ def _masked_values(model) -> dict:
     }
 
 
-def _call_once(model, build_config: dict) -> None:
-    """Runs a rebuilt subclassed model once on zeros of its recorded shapes,
-    as `model.export()` requires a model that has been called."""
-
-    def zeros(shape):
-        return keras.ops.zeros([1 if d is None else d for d in shape], dtype=model.input_dtype)
-
-    if "input_shape" in build_config:
-        model(keras.tree.map_shape_structure(zeros, build_config["input_shape"]))
-    elif "shapes_dict" in build_config:
-        model(**{
-            k.removesuffix("_shape"): keras.tree.map_shape_structure(zeros, v)
-            for k, v in build_config["shapes_dict"].items()
-        })
-
-
 def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
     """Copies the weights of `source` into `target`, matched by weight path.
 
@@ -51,10 +35,10 @@ def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
     the same path (`variable.path` relative to its model, e.g.
     `"token_embedding/embeddings"`); pruned entries stay exactly zero.
 
-    For getting pruned weights back into a model of another class with the
-    same layers: `prune_model` flattens a keras_hub `CausalLM` into a
-    functional `PrunedModel`; copy its (stripped) weights into the task to
-    call `generate()`. Pruning masks and state are not copied.
+    For getting pruned weights into a model of another class with the same
+    layers: e.g. a model pruned in place with `PrunedModel(lm.inputs,
+    lm.outputs)` and stripped (a flat functional copy) back into a task.
+    Pruning masks and state are not copied.
 
     Args:
         source: a model (a `PrunedModel`, stripped or not).
@@ -70,10 +54,8 @@ def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
     Example:
 
     ```python
-    pruned = prunemix.prune_model(causal_lm, prunemix.ConstantSparsity(0.5))
-    pruned.fit(...)
-    prunemix.copy_weights(prunemix.strip_pruning(pruned), causal_lm)
-    causal_lm.generate(prompts, stop_token_ids=None)
+    stripped = prunemix.strip_pruning(pruned_in_place)
+    prunemix.copy_weights(stripped, keras_hub.models.GPT2CausalLM.from_preset(path))
     ```
     """
     def path(variable, model):  # relative to the model, when Keras prefixed its name
@@ -105,7 +87,10 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     masks applied once more), no masks, no pruning step, and the same
     predictions. A `PrunedModel` built the functional way becomes a plain
     `keras.Model` whose `.keras` file loads with Keras alone, without
-    prunemix (as long as its layers are built-in or importable).
+    prunemix (as long as its layers are built-in or importable). A copy made
+    by `prune_model` from a model of its own class (a keras_hub task, say)
+    becomes a plain instance of that class, re-created from its config:
+    `save_to_preset` and `from_preset` work with keras_hub alone.
 
     A subclassed `PrunedModel` is recreated from its config (its class and
     `get_config()` must allow that, as for any Keras save) and marked
@@ -127,11 +112,15 @@ def strip_pruning(model: keras.Model) -> keras.Model:
         return model
     masked = _masked_values(model)
     source = model_weights(model)
-    if isinstance(model, _keras_compat.functional_class()):
-        config = model.get_config()
-        for key in ("pruner", "prunemix_format"):
-            config.pop(key, None)
-        stripped = keras.Model.from_config(config)
+    if isinstance(model, FunctionalPrunedModel) and _keras_compat.shared_across_nesting(model):
+        # A layer of a nested model called again outside it (a tied LM head,
+        # pruned in place): Keras's `from_config` would create it twice, so
+        # the copy is of the flattened graph, which calls it once per use.
+        flat = keras.Model(*_keras_compat.inline_nested(model), name=model.name)
+        stripped = keras.models.clone_model(flat)
+        source = flat.weights
+    elif isinstance(model, _keras_compat.functional_class()):
+        stripped = model._stripped_copy()
     else:
         try:
             stripped = model._stripped_copy()
@@ -140,7 +129,7 @@ def strip_pruning(model: keras.Model) -> keras.Model:
             }
             if build_config:
                 stripped.build_from_config(build_config)
-                _call_once(stripped, build_config)
+                _keras_compat.call_once(stripped, build_config)
         except (NotImplementedError, TypeError) as error:
             raise ValueError(
                 f"Cannot strip '{model.name}': {type(model).__name__} cannot be "

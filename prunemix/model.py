@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import contextvars
 import warnings
 from typing import Any
 
@@ -12,9 +15,17 @@ from prunemix import _keras_compat, policy, saving, schedules
 from prunemix.pruner import Pruner
 from prunemix.saving import FORMAT_VERSION
 
-__all__ = ["PrunedModel"]
+__all__ = ["PrunedModel", "pruned_class"]
 
 Functional = _keras_compat.functional_class()
+
+# Set while `prune_model` re-creates a model through its class's own config:
+# the copy gets its pruner once its weights are in.
+_DEFERRED = contextvars.ContextVar("prunemix_deferred_pruning", default=False)
+
+# The config keys through which a model that is built at construction (a
+# functional graph, a keras_hub task or backbone) carries its pruning state.
+CONFIG_KEYS = ("pruner", "prunemix_format", "prunemix_stripped")
 
 
 def _set_untracked(model, name: str, value) -> None:
@@ -36,74 +47,23 @@ def _serialize_policy(rules):
     return policy.serialize_policy(policy.get_policy(rules))
 
 
-class PrunedModel(keras.Model):
-    """A `keras.Model` whose training steps prune its weights.
+class _Pruning:
+    """The Keras hooks that make a `keras.Model` class prune (see `PrunedModel`).
 
-    Subclass it like `keras.Model` (layers in `__init__`, `call`), or build
-    it the functional way with `PrunedModel(inputs, outputs,
-    pruning_schedule=...)`. Every prunable weight is found at any depth:
-    built-in Dense/Conv/Embedding/RNN/MultiHeadAttention kernels and custom
-    layers declared with `PrunableMixin`, `@prunable` or
-    `get_prunable_weights()`.
-
-    `fit()` runs the pruning inside the compiled train step (no callback):
-    after each optimizer update it advances the pruning step, recomputes the
-    masks when the schedule says so, and sets pruned weights to exactly zero.
-    The logs and progress bar show `sparsity`. `evaluate()` and `predict()`
-    run the plain model: the weights already hold the zeros.
-
-    If you override `train_step`, call `self.apply_pruning()` once after your
-    optimizer update(s); a `fit` whose steps never do is warned about.
-
-    The model's `Pruner` owns the schedule, the policy and the masks. The
-    policy is resolved once, when the pruner is built; saving records the
-    resolution by each weight's stable key, and loading restores exactly it
-    (schedule, pattern and target of every weight), also for a subclassed
-    model whose schedule came through constructor keywords.
-
-    Args:
-        *args: `keras.Model` arguments (`inputs, outputs` for functional).
-        pruning_schedule: a `ConstantSparsity`, `PolynomialDecay`, or any
-            traceable callable `step -> sparsity`. Required.
-        pruning_policy: optional list of `prunemix.Rule`s: exclude layers,
-            or give them their own schedule, final sparsity, pattern
-            (`GlobalMagnitude`, `BlockSparsity`, `NMSparsity`,
-            `StructuredSparsity`) or importance score. First match wins;
-            saved with the model.
-        **kwargs: `keras.Model` keyword arguments (`name`, ...).
-
-    Raises:
-        ValueError: at build time, if the model has no prunable weights.
-        TypeError: if `pruning_schedule` is missing or not a schedule.
-
-    Example:
-
-    ```python
-    class Net(prunemix.PrunedModel):
-        def __init__(self, **kwargs):
-            super().__init__(
-                pruning_schedule=prunemix.PolynomialDecay(0.0, 0.9, 0, 1000),
-                **kwargs,
-            )
-            self.hidden = keras.layers.Dense(64, activation="relu")
-            self.out = keras.layers.Dense(10)
-
-        def call(self, x):
-            return self.out(self.hidden(x))
-
-    model = Net()
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=5)   # logs show `sparsity`
-    ```
+    A plain mixin, not a `keras.Model`: Keras rewrites the bases of every
+    class above a model used the functional way
+    (`keras.src.models.model.inject_functional_model_class`) and walks
+    through a mixin unchanged, so pruning composes with any model class,
+    keras_hub tasks and backbones included.
     """
 
     def __new__(cls, *args, **kwargs):
-        if cls is PrunedModel and _keras_compat.is_functional_call(args, kwargs):
-            return FunctionalPrunedModel.__new__(FunctionalPrunedModel, *args, **kwargs)
         instance = super().__new__(cls, *args, **kwargs)
-        if not issubclass(cls, Functional):
+        if issubclass(cls, PrunedModel) and PrunedModel in cls.__mro__ and \
+                not issubclass(cls, Functional):
             # Keep schedules and policies passed as constructor keywords in the
-            # automatic config, so `from_config` gets them back.
+            # automatic config, so `from_config` gets them back. (A class mixed
+            # with another model class carries its pruner in its config.)
             _keras_compat.capture_init_config(instance, cls, args, kwargs, {
                 "pruning_schedule": lambda s: keras.saving.serialize_keras_object(
                     schedules.get(s)),
@@ -112,23 +72,59 @@ class PrunedModel(keras.Model):
         return instance
 
     def __init__(
-        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None, **kwargs
+        self, *args, pruning_schedule: Any = None, pruning_policy: Any = None,
+        pruner: dict | None = None, prunemix_format: Any = None,
+        prunemix_stripped: bool = False, **kwargs
     ):
-        functional = isinstance(self, Functional)
-        if _keras_compat.is_functional_call(args, kwargs) and not functional:
+        if isinstance(self, FunctionalPrunedModel):
+            # Reached from `Function.__init__` inside FunctionalPrunedModel's own.
+            super().__init__(*args, **kwargs)
+            return
+        self._check_pruning_args(args, kwargs, pruning_schedule, pruner, prunemix_format,
+                                 prunemix_stripped)
+        super().__init__(*args, **kwargs)
+        self._begin_pruning(pruning_schedule, pruning_policy, pruner, prunemix_stripped)
+
+    def _check_pruning_args(self, args, kwargs, schedule, pruner, version, stripped) -> None:
+        """Raises for bad pruning arguments before the model is built."""
+        functional_call = _keras_compat.is_functional_call(args, kwargs)
+        if functional_call and not isinstance(self, Functional):
             raise TypeError(
                 f"{type(self).__name__} is a subclass of PrunedModel; build "
                 "functional models with `prunemix.PrunedModel(inputs, outputs, "
                 "pruning_schedule=...)` itself."
             )
-        super().__init__(*args, **kwargs)
-        if pruning_schedule is None and not functional:
+        if version is not None:
+            saving.check_format({"prunemix_format": version}, f"Model '{kwargs.get('name')}'")
+        if schedule is None and pruner is None and not stripped and not _DEFERRED.get():
             raise TypeError(
+                "PrunedModel(inputs, outputs) needs `pruning_schedule=`, e.g. "
+                "`prunemix.ConstantSparsity(0.8)`. (`keras.models.clone_model` cannot "
+                "pass it on: to copy a PrunedModel with the same pruning and new "
+                "weights, use `type(model).from_config(model.get_config())`; to copy "
+                "its weights too, save and load it.)" if functional_call else
                 f"{type(self).__name__} needs `pruning_schedule=`, e.g. "
                 "`prunemix.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000)`."
             )
-        if not functional:
-            self._wait_for_build(Pruner(pruning_schedule, pruning_policy, name="pruner"))
+
+    def _begin_pruning(self, schedule, rules, saved: dict | None, stripped: bool) -> None:
+        """Sets the pruner up after the model's own `__init__` (built now, for
+        a functional graph; at its first call otherwise)."""
+        if stripped or (saved is None and _DEFERRED.get()):
+            new = None
+        elif saved is not None:
+            new = self._saved_pruner(saved, schedule, rules)
+        else:
+            new = Pruner(schedule, rules, name="pruner")
+        self._wait_for_build(new)
+        if new is not None and self.built:
+            self.build_pruning()
+
+    def start_pruning(self, pruner: Pruner) -> None:
+        """Gives a model made while pruning was deferred its pruner."""
+        _set_untracked(self, "_new_pruner", pruner)
+        if self.built:
+            self.build_pruning()
 
     def _wait_for_build(self, pruner: Pruner) -> None:
         """Holds `pruner` until the model is built (`build_pruning` tracks it)."""
@@ -221,7 +217,7 @@ class PrunedModel(keras.Model):
         if self._stripped:
             # A stripped copy must reload without masks.
             return {**config, "prunemix": {"format": FORMAT_VERSION, "stripped": True}}
-        if self._pruner is not None and not isinstance(self, Functional):
+        if self._pruner is not None and not _config_carries_pruner(self):
             config["prunemix"] = {"format": FORMAT_VERSION, "pruner": self._pruner.get_config()}
         return config or None
 
@@ -249,19 +245,36 @@ class PrunedModel(keras.Model):
         if self.built and not self._stripped:
             self.build_pruning()
 
-    def _adopt_saved_pruner(self, saved: dict) -> None:
+    def get_config(self) -> dict:
+        return self._with_pruning_config(super().get_config())
+
+    def _with_pruning_config(self, config: dict) -> dict:
+        if not _config_carries_pruner(self):
+            return config
+        if self._stripped:
+            return {**config, "prunemix_stripped": True}
+        pruner = self._pruner or self._new_pruner
+        return {**config, "pruner": pruner.get_config(), "prunemix_format": FORMAT_VERSION}
+
+    def _saved_pruner(self, saved: dict, schedule=None, rules=None) -> Pruner:
         """Prune as the file says: warn if this class now builds other settings."""
-        mine = self._new_pruner.get_config()
-        for key in ("pruning_schedule", "pruning_policy"):
-            if _plain(mine[key]) != _plain(saved.get(key)):
-                warnings.warn(
-                    f"Model '{self.name}': {type(self).__name__}.__init__ now builds "
-                    f"{key}={mine[key]!r}, but the saved model was pruned with "
-                    f"{key}={saved.get(key)!r}. Using the saved one, so the pruning "
-                    "goes on as it was saved.",
-                    stacklevel=4,
-                )
-        _set_untracked(self, "_new_pruner", Pruner.from_config(saved))
+        if schedule is not None:
+            mine = Pruner(schedule, rules).get_config()
+            for key in ("pruning_schedule", "pruning_policy"):
+                if _plain(mine[key]) != _plain(saved.get(key)):
+                    warnings.warn(
+                        f"Model '{self.name}': {type(self).__name__}.__init__ now builds "
+                        f"{key}={mine[key]!r}, but the saved model was pruned with "
+                        f"{key}={saved.get(key)!r}. Using the saved one, so the pruning "
+                        "goes on as it was saved.",
+                        stacklevel=5,
+                    )
+        return Pruner.from_config(saved)
+
+    def _adopt_saved_pruner(self, saved: dict) -> None:
+        new = self._new_pruner
+        _set_untracked(self, "_new_pruner", self._saved_pruner(
+            saved, new.pruning_schedule, new.pruning_policy))
 
     def load_weights(self, filepath, *args, **kwargs):
         """`keras.Model.load_weights`; masks load onto their own weights by key.
@@ -387,10 +400,173 @@ class PrunedModel(keras.Model):
         _set_untracked(self, "_new_pruner", None)
 
     def _stripped_copy(self):
-        """`type(self)` rebuilt from its config, with no pruner."""
-        copy = type(self).from_config(self.get_config())
+        """A copy from this model's config with no pruner: an instance of the
+        class it prunes (`pruned_class`), else of its own class, stripped."""
+        config = {k: v for k, v in self.get_config().items() if k not in CONFIG_KEYS}
+        base = type(self).__dict__.get("_prunemix_base")
+        if base is not None:
+            return base.from_config(config)
+        if _config_carries_pruner(self):
+            return type(self).from_config({**config, "prunemix_stripped": True})
+        copy = type(self).from_config(config)
         copy._strip()
         return copy
+
+
+def _config_carries_pruner(model) -> bool:
+    """Whether the pruning state travels in the model's config (else in its
+    build config): for a model built at construction, which needs its pruner
+    then, and for a model of another class mixed with pruning, whose own
+    `get_config` replaces the automatic one that records constructor
+    keywords."""
+    return isinstance(model, Functional) or PrunedModel not in type(model).__mro__
+
+
+class _PrunedModelType(abc.ABCMeta):
+    """PrunedModel's metaclass: mixed into another model class, pruning is
+    inherited as PrunedModel's hooks (`_Pruning`), not as PrunedModel itself,
+    whose bases Keras would otherwise rewrite when that class builds a
+    functional graph; `isinstance(model, PrunedModel)` still holds."""
+
+    def __new__(mcs, name, bases, namespace, **kwargs):
+        cls = super().__new__(mcs, name, bases, namespace, **kwargs)
+        root = globals().get("PrunedModel")
+        others = [b for b in bases if b is not root and b is not Functional
+                  and issubclass(b, keras.Model) and not issubclass(b, _Pruning)]
+        if root is not None and root in bases and others:
+            cls.__bases__ = tuple(_Pruning if b is root else b for b in bases)
+            root.register(cls)
+        return cls
+
+
+class PrunedModel(_Pruning, keras.Model, metaclass=_PrunedModelType):
+    """A `keras.Model` whose training steps prune its weights.
+
+    Subclass it like `keras.Model` (layers in `__init__`, `call`), or build
+    it the functional way with `PrunedModel(inputs, outputs,
+    pruning_schedule=...)`. It composes with any other model class: `class
+    MyLM(prunemix.PrunedModel, keras_hub.models.GPT2CausalLM)` takes the
+    task's own arguments plus `pruning_schedule=`, and is a `GPT2CausalLM`
+    (`generate`, presets) that prunes in `fit`. (Such a class inherits
+    PrunedModel's hooks directly, not the class itself, since Keras rewrites
+    the bases of functional model classes; `isinstance(model, PrunedModel)`
+    still holds.) Every prunable weight is found at any depth:
+    built-in Dense/Conv/Embedding/RNN/MultiHeadAttention kernels and custom
+    layers declared with `PrunableMixin`, `@prunable` or
+    `get_prunable_weights()`.
+
+    `fit()` runs the pruning inside the compiled train step (no callback):
+    after each optimizer update it advances the pruning step, recomputes the
+    masks when the schedule says so, and sets pruned weights to exactly zero.
+    The logs and progress bar show `sparsity`. `evaluate()` and `predict()`
+    run the plain model: the weights already hold the zeros.
+
+    If you override `train_step`, call `self.apply_pruning()` once after your
+    optimizer update(s); a `fit` whose steps never do is warned about.
+
+    The model's `Pruner` owns the schedule, the policy and the masks. The
+    policy is resolved once, when the pruner is built; saving records the
+    resolution by each weight's stable key, and loading restores exactly it
+    (schedule, pattern and target of every weight), also for a subclassed
+    model whose schedule came through constructor keywords.
+
+    Args:
+        *args: `keras.Model` arguments (`inputs, outputs` for functional).
+        pruning_schedule: a `ConstantSparsity`, `PolynomialDecay`, or any
+            traceable callable `step -> sparsity`. Required.
+        pruning_policy: optional list of `prunemix.Rule`s: exclude layers,
+            or give them their own schedule, final sparsity, pattern
+            (`GlobalMagnitude`, `BlockSparsity`, `NMSparsity`,
+            `StructuredSparsity`) or importance score. First match wins;
+            saved with the model.
+        **kwargs: `keras.Model` keyword arguments (`name`, ...).
+
+    Raises:
+        ValueError: at build time, if the model has no prunable weights.
+        TypeError: if `pruning_schedule` is missing or not a schedule.
+
+    Example:
+
+    ```python
+    class Net(prunemix.PrunedModel):
+        def __init__(self, **kwargs):
+            super().__init__(
+                pruning_schedule=prunemix.PolynomialDecay(0.0, 0.9, 0, 1000),
+                **kwargs,
+            )
+            self.hidden = keras.layers.Dense(64, activation="relu")
+            self.out = keras.layers.Dense(10)
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    model = Net()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=5)   # logs show `sparsity`
+    ```
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if cls is PrunedModel and _keras_compat.is_functional_call(args, kwargs):
+            return FunctionalPrunedModel.__new__(FunctionalPrunedModel, *args, **kwargs)
+        return super().__new__(cls, *args, **kwargs)
+
+    @_keras_compat.keras_default
+    def get_config(self) -> dict:
+        # Marked as Keras's default: a subclass without its own `get_config`
+        # gets Keras's automatic config, constructor keywords included.
+        return super().get_config()
+
+
+_PRUNED_CLASSES: dict = {}
+
+
+def pruned_class(model_class: type) -> type:
+    """The class that is a `model_class` and prunes like a `PrunedModel`.
+
+    `prune_model` copies a model of any class other than plain
+    `keras.Model`/`Sequential` into an instance of this class: it keeps the
+    model's own methods and config (a keras_hub task still generates) and
+    is registered for saving as `prunemix>Pruned:<registered name of
+    model_class>`, which `prunemix.load_model` re-creates in any process.
+
+    Args:
+        model_class: a `keras.Model` subclass.
+
+    Returns:
+        `type("Pruned" + model_class.__name__, (PrunedModel, model_class), {})`,
+        made once per class.
+
+    Raises:
+        TypeError: if `model_class` is not a `keras.Model` subclass or already prunes.
+    """
+    if not (isinstance(model_class, type) and issubclass(model_class, keras.Model)):
+        raise TypeError(f"pruned_class takes a keras.Model subclass. Received: {model_class!r}")
+    if issubclass(model_class, PrunedModel):
+        raise TypeError(f"{model_class.__name__} already prunes (it is a PrunedModel).")
+    if model_class not in _PRUNED_CLASSES:
+        cls = type(f"Pruned{model_class.__name__}", (PrunedModel, model_class), {
+            "__module__": __name__, "_prunemix_base": model_class,
+            "__doc__": f"A `{model_class.__name__}` that prunes (`prunemix.pruned_class`).",
+        })
+        name = PRUNED_PREFIX + keras.saving.get_registered_name(model_class)
+        keras.saving.register_keras_serializable(package="prunemix", name=name)(cls)
+        _PRUNED_CLASSES[model_class] = cls
+    return _PRUNED_CLASSES[model_class]
+
+
+PRUNED_PREFIX = "Pruned:"
+
+
+@contextlib.contextmanager
+def deferred_pruning():
+    """Models of pruning classes made inside get no pruner until
+    `start_pruning` (how `prune_model` copies weights in first)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="prunemix", name="FunctionalPrunedModel")
@@ -403,21 +579,16 @@ class FunctionalPrunedModel(Functional, PrunedModel):
     Its config holds its pruner's config, resolution included.
     """
 
+    _prunemix_base = keras.Model
+
     def __init__(
         self, *args, pruning_schedule: Any = None, pruning_policy: Any = None,
-        pruner: dict | None = None, **kwargs
+        pruner: dict | None = None, prunemix_format: Any = None,
+        prunemix_stripped: bool = False, **kwargs
     ):
-        if pruning_schedule is None and pruner is None:
-            raise TypeError(
-                "PrunedModel(inputs, outputs) needs `pruning_schedule=`, e.g. "
-                "`prunemix.ConstantSparsity(0.8)`. (`keras.models.clone_model` cannot "
-                "pass it on: to copy a PrunedModel with the same pruning and new "
-                "weights, use `type(model).from_config(model.get_config())`; to copy "
-                "its weights too, save and load it.)"
-            )
-        new = Pruner.from_config(pruner) if pruner is not None else Pruner(
-            pruning_schedule, pruning_policy, name="pruner"
-        )
+        self._check_pruning_args(args, kwargs, pruning_schedule, pruner, prunemix_format,
+                                 prunemix_stripped)
+        # Not `super().__init__`: `keras.Model.__init__` would rewrite bases.
         Functional.__init__(self, *args, **kwargs)
         shared = _keras_compat.shared_across_nesting(self)
         if shared:
@@ -426,21 +597,12 @@ class FunctionalPrunedModel(Functional, PrunedModel):
                 f"PrunedModel '{self.name}': layer '{layer}' belongs to the nested model "
                 f"'{nested}' and is called again outside it (a tied LM head). Keras's "
                 "`from_config` would create it twice, so this model cannot be saved and "
-                "reloaded, stripped or copied. Use `prunemix.prune_model(model)`, which "
-                "flattens the graph and keeps the layer once.",
+                "reloaded or copied (`strip_pruning` flattens it). Use "
+                "`prunemix.prune_model(model)`, which copies the model through its "
+                "own class, or `class MyLM(prunemix.PrunedModel, YourTaskClass)`.",
                 UserWarning, stacklevel=3,
             )
-        self._wait_for_build(new)
-        self.build_pruning()
+        self._begin_pruning(pruning_schedule, pruning_policy, pruner, prunemix_stripped)
 
     def get_config(self) -> dict:
-        return {
-            **Functional.get_config(self),
-            "pruner": self._pruner.get_config(),
-            "prunemix_format": FORMAT_VERSION,
-        }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = saving.check_format(config, f"Model '{config.get('name')}'")
-        return super().from_config(config, custom_objects=custom_objects)
+        return self._with_pruning_config(Functional.get_config(self))

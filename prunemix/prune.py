@@ -1,17 +1,20 @@
-"""`prune_model`: turn a trained Sequential or functional model into a `PrunedModel`."""
+"""`prune_model`: a pruning copy of a trained model, of the model's own class."""
 
 from __future__ import annotations
 
 import glob
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 
 from prunemix import _keras_compat, policy
-from prunemix.model import PrunedModel
+from prunemix.model import PrunedModel, deferred_pruning, pruned_class
 from prunemix.prunable import locate_prunable_weights
+from prunemix.pruner import Pruner
+from prunemix.report import model_weights
 
 __all__ = ["prune_model"]
 
@@ -44,6 +47,47 @@ def _functional_copy(model: keras.Model):
     return clone.inputs, clone.outputs
 
 
+def _plain_graph(model) -> bool:
+    """Whether `model` is a plain functional or Sequential model (no class of its own)."""
+    return type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential)
+
+
+def _class_copy(model: keras.Model, name: str | None) -> PrunedModel:
+    """A `pruned_class(type(model))` made from `model`'s own config, holding
+    its weights, with no pruner yet."""
+    cls = pruned_class(type(model))
+    config = model.get_config()
+    if name is not None:
+        config["name"] = name
+    try:
+        with deferred_pruning():
+            copy = cls.from_config(config)
+        if not copy.built:
+            build_config = model.get_build_config() or {}
+            copy.build_from_config(build_config)
+            _keras_compat.call_once(copy, build_config)
+    except Exception as error:
+        raise ValueError(
+            f"prune_model cannot copy model '{model.name}': "
+            f"{type(model).__name__}.from_config(model.get_config()) fails "
+            f"({type(error).__name__}: {error}). prune_model copies a model through its "
+            "class's own config. Make `get_config`/`from_config` round-trip, or define "
+            f"`class Pruned{type(model).__name__}(prunemix.PrunedModel, "
+            f"{type(model).__name__})`, build it and load the dense weights."
+        ) from error
+    ours, theirs = model_weights(copy), list(model.weights)
+    shapes = [tuple(v.shape) for v in ours], [tuple(v.shape) for v in theirs]
+    if shapes[0] != shapes[1]:
+        raise ValueError(
+            f"prune_model cannot copy model '{model.name}': {type(model).__name__}."
+            f"from_config(get_config()) re-creates {len(ours)} weights, the model has "
+            f"{len(theirs)} (or their shapes differ), so its config does not describe it."
+        )
+    for mine, value in zip(ours, theirs, strict=True):
+        mine.assign(value)
+    return copy
+
+
 def prune_model(
     model: keras.Model,
     pruning_schedule: Any,
@@ -51,18 +95,24 @@ def prune_model(
     layers: Sequence | None = None,
     name: str | None = None,
 ) -> PrunedModel:
-    """Returns a `PrunedModel` copy of a built Sequential or functional model.
+    """Returns a pruning copy of a built model, of the model's own class.
 
     The fine-tune-from-pretrained workflow (tfmot's `prune_low_magnitude`):
     the copy has new layers holding the same weights, so training it leaves
     `model` untouched; compile it and `fit` as usual.
 
-    Subclassed models have no graph to copy: inherit from `PrunedModel`
-    instead of `keras.Model`, build it, `load_weights` the dense weights
-    (they load into a `PrunedModel` of the same class layout) and `fit`.
+    A model of its own class (a keras_hub task or backbone, or any
+    `keras.Model` subclass whose `get_config`/`from_config` round-trip) is
+    copied through that class's config, never layer by layer: the copy is
+    an instance of `pruned_class(type(model))`, so `isinstance(copy,
+    type(model))` holds and the class's methods stay (`generate`, `score`,
+    the preprocessor, `compile` defaults, `save_to_preset` once stripped).
+    Tied weights stay one variable with one mask. A plain functional or
+    Sequential model (`keras.applications` too) becomes a functional
+    `PrunedModel`.
 
     Args:
-        model: a built `keras.Sequential` or functional `keras.Model`.
+        model: a built `keras.Model`.
         pruning_schedule: the schedule (see `PrunedModel`).
         pruning_policy: optional list of `prunemix.Rule`s.
         layers: optional shortcut: prune only these layers (names, glob
@@ -71,11 +121,14 @@ def prune_model(
         name: name of the new model; default: `model.name`.
 
     Returns:
-        A functional `PrunedModel` with the weights of `model`.
+        A `PrunedModel` (an instance of `type(model)` too, for a model of its
+        own class) with the weights of `model`.
 
     Raises:
-        ValueError: if `model` is subclassed, not built, already a
-            `PrunedModel`, or if `layers` selects nothing.
+        ValueError: if `model` is not built, already a `PrunedModel`, of a
+            class that cannot be re-created from its config (the message
+            names the class and the path that works), or if `layers`
+            selects nothing.
 
     Example:
 
@@ -90,16 +143,13 @@ def prune_model(
     """
     if isinstance(model, PrunedModel):
         raise ValueError(f"Model '{model.name}' is already a PrunedModel.")
-    functional = isinstance(model, _keras_compat.functional_class())
-    sequential = isinstance(model, keras.Sequential)
-    if not isinstance(model, keras.Model) or not (functional or sequential):
+    if not isinstance(model, keras.Model):
         raise ValueError(
-            "prune_model takes a Sequential or functional keras.Model; "
-            f"'{getattr(model, 'name', model)}' is a {type(model).__name__}. "
-            "For a subclassed model, inherit from "
-            "`prunemix.PrunedModel` instead of `keras.Model`, load the dense weights and fit."
+            f"prune_model takes a built keras.Model. Received: {type(model).__name__} "
+            f"{getattr(model, 'name', model)!r}."
         )
-    if not model.built or not model.inputs:
+    plain = _plain_graph(model)
+    if not model.built or (plain and not model.inputs):
         raise ValueError(
             f"Model '{model.name}' is not built; give it an `Input` or call it on data first."
         )
@@ -110,24 +160,42 @@ def prune_model(
             "and `_.-/>`, not starting with `_`, `-`, `/` or `>`)."
         )
     rules = policy.get_policy(pruning_policy)
-    inputs, outputs = _functional_copy(model)
+    if not plain:
+        try:
+            copy = _class_copy(model, name)
+        except ValueError as error:
+            if not isinstance(model, _keras_compat.functional_class()) or not model.inputs:
+                raise
+            # A graph whose class cannot be re-created: a functional copy
+            # still prunes exactly, without the class's own methods.
+            warnings.warn(f"{error} Copying its graph instead: the copy is a functional "
+                          "PrunedModel, not an instance of its class.", stacklevel=2)
+            plain = True
+    if plain:
+        inputs, outputs = _functional_copy(model)
+        copy = keras.Model(inputs, outputs)
     if layers is not None:
-        keep = policy.Rule(list(layers) if isinstance(layers, list | tuple) else layers)
-        located = locate_prunable_weights(keras.Model(inputs, outputs))
-        if not any(keep.matches(layer, weight, path) for layer, weight, path, _ in located):
-            raise ValueError(
-                f"`layers={layers!r}` selects no prunable weight of model '{model.name}'; "
-                "prunable weights: " + ", ".join(path for _, _, path, _ in located) + "."
-            )
-        left_out = [
-            glob.escape(path) for layer, weight, path, _ in located
-            if not keep.matches(layer, weight, path)
-        ]
-        if left_out:
-            # Paths relative to the model (unique, unlike layer names in nested
-            # models), not the selection itself, so the policy saves.
-            rules = [policy.Rule(left_out, exclude=True), *rules]
-    return PrunedModel(
-        inputs, outputs, pruning_schedule=pruning_schedule, pruning_policy=rules,
-        name=name or model.name,
-    )
+        rules = [*_only(copy, layers, model.name), *rules]
+    if plain:
+        return PrunedModel(
+            inputs, outputs, pruning_schedule=pruning_schedule, pruning_policy=rules,
+            name=name or model.name,
+        )
+    copy.start_pruning(Pruner(pruning_schedule, rules, name="pruner"))
+    return copy
+
+
+def _only(copy: keras.Model, layers, model_name: str) -> list:
+    """The rules that leave every weight `layers` does not select dense."""
+    keep = policy.Rule(list(layers) if isinstance(layers, list | tuple) else layers)
+    located = locate_prunable_weights(copy)
+    if not any(keep.matches(layer, weight, path) for layer, weight, path, _ in located):
+        raise ValueError(
+            f"`layers={layers!r}` selects no prunable weight of model '{model_name}'; "
+            "prunable weights: " + ", ".join(path for _, _, path, _ in located) + "."
+        )
+    # Paths relative to the model (unique, unlike layer names in nested
+    # models), not the selection itself, so the policy saves.
+    left_out = [glob.escape(path) for layer, weight, path, _ in located
+                if not keep.matches(layer, weight, path)]
+    return [policy.Rule(left_out, exclude=True)] if left_out else []

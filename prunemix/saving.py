@@ -178,7 +178,50 @@ def load_model(filepath, **kwargs) -> keras.Model:
     """
     path = os.fspath(filepath)
     _check_archive(path)
-    return keras.saving.load_model(path, **kwargs)
+    with zipfile.ZipFile(path) as archive:
+        try:
+            config = json.loads(archive.read("config.json"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} has a config.json that is not JSON ({error}).") from None
+    custom = dict(kwargs.pop("custom_objects", None) or {})
+    for name in _pruned_class_names(config):
+        custom.setdefault(name, _pruned_class(name, path))
+    return keras.saving.load_model(path, custom_objects=custom, **kwargs)
+
+
+def _pruned_class_names(config) -> set:
+    """The registered names of `pruned_class` classes a saved config uses."""
+    from prunemix.model import PRUNED_PREFIX
+
+    found = set()
+    if isinstance(config, dict):
+        name = config.get("registered_name")
+        if isinstance(name, str) and name.startswith(f"prunemix>{PRUNED_PREFIX}"):
+            found.add(name)
+        values = config.values()
+    elif isinstance(config, list):
+        values = config
+    else:
+        values = ()
+    for value in values:
+        found |= _pruned_class_names(value)
+    return found
+
+
+def _pruned_class(name: str, path: str):
+    """`pruned_class` of the class a saved name points to, found among the
+    classes registered with Keras (no module is imported for it)."""
+    from prunemix.model import PRUNED_PREFIX, pruned_class
+
+    base_name = name.removeprefix(f"prunemix>{PRUNED_PREFIX}")
+    base = keras.saving.get_registered_object(base_name)
+    if not isinstance(base, type) or not issubclass(base, keras.Model):
+        raise ValueError(
+            f"{path} holds a pruned '{base_name}' model, and no keras.Model class is "
+            f"registered with Keras as '{base_name}'. Import the module that defines it "
+            "(e.g. `import keras_hub`) before loading."
+        )
+    return pruned_class(base)
 
 
 def _find_pruner_config(config):

@@ -1,4 +1,4 @@
-"""keras_hub causal LMs end to end (tiny random configs, no preprocessor)."""
+"""keras_hub tasks stay their own class when pruned (tiny random configs)."""
 
 import keras
 import numpy as np
@@ -8,92 +8,197 @@ import prunemix
 
 keras_hub = pytest.importorskip("keras_hub")
 
-RNG = np.random.default_rng(0)
-X = {"token_ids": RNG.integers(0, 64, (4, 8)), "padding_mask": np.ones((4, 8), bool)}
-Y = RNG.integers(0, 64, (4, 8))
-PROMPT = {"token_ids": np.zeros((1, 12), "int32"),
-          "padding_mask": np.array([[True] * 3 + [False] * 9])}
+from tests.hub_models import MODELS, PROMPT, TOKENS, gpt2, llama  # noqa: E402
 
-
-def gpt2():
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-        max_sequence_length=16)
-    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-
-
-def llama():
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=64, num_layers=2, num_query_heads=2, num_key_value_heads=1,
-        hidden_dim=16, intermediate_dim=32, tie_word_embeddings=False)
-    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+Y = np.random.default_rng(1).integers(0, 64, (4, 8))
 
 
 def paths(model):
     return [p.path for p in model.pruner.pruned_weights]
 
 
-def test_gpt2_causal_lm_prunes_trains_saves_strips_and_generates(tmp_path, mode):
-    lm = gpt2()
-    before = [w.copy() for w in lm.get_weights()]
-    pruned = prunemix.prune_model(lm, prunemix.ConstantSparsity(0.5, 0, frequency=1))
-    # The tied embedding is copied once, with one mask (input and LM head).
-    assert len(pruned.weights) - len(pruned.pruner.weights) == len(lm.weights)
-    assert paths(pruned).count("token_embedding/embeddings") == 1
-    np.testing.assert_allclose(pruned.predict(X, verbose=0), lm.predict(X, verbose=0),
-                               atol=1e-6)
-    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), **mode)
-    pruned.fit(X, Y, epochs=2, verbose=0)
-    for weight, old in zip(lm.get_weights(), before, strict=True):
-        np.testing.assert_array_equal(weight, old)  # the original is untouched
-    report = prunemix.sparsity_report(pruned)
+def assert_half_zero(model):
+    report = prunemix.sparsity_report(model)
     assert [r.zeros for r in report] == [round(0.5 * r.size) for r in report]
 
+
+def zeros_of(model):
+    return [int((w == 0).sum()) for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_pruned_task_stays_its_class_through_fit_save_strip_and_preset(name, tmp_path):
+    make, x, y, generates = MODELS[name]
+    task = make()
+    before = [w.copy() for w in task.get_weights()]
+    pruned = prunemix.prune_model(task, prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    assert isinstance(pruned, type(task)) and isinstance(pruned, prunemix.PrunedModel)
+    assert len(pruned.weights) - len(pruned.pruner.weights) == len(task.weights)
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), task.predict(x, verbose=0),
+                               atol=1e-6)
+    pruned.compile("adam", LOSS)
+    pruned.fit(x, y, epochs=2, verbose=0)
+    assert_half_zero(pruned)
+    for weight, old in zip(task.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(weight, old)  # the original is untouched
+    if generates:
+        out = pruned.generate(PROMPT, max_length=12, stop_token_ids=None)
+        assert out["token_ids"].shape == (1, 12)
+
+    # .keras mid-pruning: same class, masks, step and predictions; fit goes on.
     pruned.save(tmp_path / "pruned.keras")
     loaded = prunemix.load_model(tmp_path / "pruned.keras")
+    assert type(loaded) is type(pruned)
     for a, b in zip(loaded.pruner.pruned_weights, pruned.pruner.pruned_weights, strict=True):
+        assert a.key == b.key
         np.testing.assert_array_equal(np.asarray(a.mask), np.asarray(b.mask))
-    loaded.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), **mode)
-    loaded.fit(X, Y, epochs=1, verbose=0)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0),
+                               atol=1e-6)
+    loaded.compile("adam", LOSS)
+    loaded.fit(x, y, epochs=1, verbose=0)
     assert int(loaded.pruner.pruning_step.numpy()) == 3
+    assert_half_zero(loaded)
 
+    # Stripped: a plain instance of the task's class; its preset loads with keras_hub alone.
     stripped = prunemix.strip_pruning(pruned)
-    stripped.save(tmp_path / "stripped.keras")
-    plain = keras.saving.load_model(tmp_path / "stripped.keras")
-    np.testing.assert_allclose(plain.predict(X, verbose=0), pruned.predict(X, verbose=0),
+    assert type(stripped) is type(task)
+    assert not any("mask" in v.path or "pruning_step" in v.path for v in stripped.weights)
+    stripped.save_to_preset(str(tmp_path / "preset"))
+    reloaded = type(task).from_preset(str(tmp_path / "preset"))
+    assert type(reloaded) is type(task)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), pruned.predict(x, verbose=0),
                                atol=1e-5)
-    # generate() lives on the task class: copy the pruned weights into one.
-    task = prunemix.copy_weights(stripped, gpt2())
-    np.testing.assert_allclose(task.predict(X, verbose=0), pruned.predict(X, verbose=0),
-                               atol=1e-5)
-    out = task.generate(PROMPT, max_length=12, stop_token_ids=None)
+    assert zeros_of(reloaded) == zeros_of(stripped)
+
+
+def test_gpt2_ties_its_head_and_prunes_in_every_mode(mode):
+    pruned = prunemix.prune_model(gpt2(), prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    # The tied embedding is one variable with one mask (input and LM head).
+    assert paths(pruned).count("token_embedding/embeddings") == 1
+    pruned.compile("adam", LOSS, **mode)
+    pruned.fit(TOKENS, Y, epochs=2, verbose=0)
+    assert_half_zero(pruned)
+    out = pruned.generate(PROMPT, max_length=12, stop_token_ids=None)
     assert out["token_ids"].shape == (1, 12)
 
 
-def test_llama_untied_lm_head_is_pruned_by_default():
-    lm = llama()
-    # keras_hub 0.32's LlamaTransformerDecoder.get_config fails (it reads
-    # `rope_scaling_factor`), so no copy: prune the task's own layers in place.
-    with pytest.warns(UserWarning, match="prune_model"):
+def test_keras_load_model_works_once_the_class_exists_and_prunemix_recreates_it(tmp_path):
+    from keras.src.saving import object_registration
+
+    from prunemix import model as model_module
+
+    pruned = prunemix.prune_model(gpt2(), prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    pruned.save(tmp_path / "p.keras")
+    assert type(keras.saving.load_model(tmp_path / "p.keras")) is type(pruned)
+    # As in a fresh process: the pruned class is made again from the file's name for it.
+    name = keras.saving.get_registered_name(type(pruned))
+    assert name == "prunemix>Pruned:keras_hub>GPT2CausalLM"
+    del object_registration.GLOBAL_CUSTOM_OBJECTS[name]
+    del model_module._PRUNED_CLASSES[keras_hub.models.GPT2CausalLM]
+    loaded = prunemix.load_model(tmp_path / "p.keras")
+    assert isinstance(loaded, keras_hub.models.GPT2CausalLM)
+    assert paths(loaded) == paths(pruned)
+
+
+class PrunedGPT2(prunemix.PrunedModel, keras_hub.models.GPT2CausalLM):
+    """The subclassing path: the task's own arguments plus `pruning_schedule=`."""
+
+    def first_tokens(self, n):
+        return n
+
+
+def test_subclassing_a_task_with_pruned_model_prunes_fits_and_generates(tmp_path):
+    backbone = gpt2().backbone
+    lm = PrunedGPT2(backbone=backbone, preprocessor=None,
+                    pruning_schedule=prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    assert isinstance(lm, prunemix.PrunedModel)
+    assert isinstance(lm, keras_hub.models.GPT2CausalLM) and lm.first_tokens(3) == 3
+    lm.compile("adam", LOSS)
+    lm.fit(TOKENS, Y, epochs=2, verbose=0)
+    assert_half_zero(lm)
+    assert lm.generate(PROMPT, max_length=12, stop_token_ids=None)["token_ids"].shape == (1, 12)
+    # PrunedModel's own class hierarchy is untouched: other models still work.
+    inputs = keras.Input((4,))
+    assert type(prunemix.PrunedModel(inputs, keras.layers.Dense(2)(inputs),
+                                     pruning_schedule=prunemix.ConstantSparsity(0.5))
+                ).__name__ == "FunctionalPrunedModel"
+
+    lm.save(tmp_path / "lm.keras")
+    loaded = keras.saving.load_model(tmp_path / "lm.keras",
+                                     custom_objects={"PrunedGPT2": PrunedGPT2})
+    assert type(loaded) is PrunedGPT2
+    assert int(loaded.pruner.pruning_step.numpy()) == 2
+    np.testing.assert_allclose(loaded.predict(TOKENS, verbose=0), lm.predict(TOKENS, verbose=0),
+                               atol=1e-6)
+    stripped = prunemix.strip_pruning(lm)
+    assert type(stripped) is PrunedGPT2 and stripped.pruner is None
+    np.testing.assert_allclose(stripped.predict(TOKENS, verbose=0),
+                               lm.predict(TOKENS, verbose=0), atol=1e-6)
+    stripped.compile("adam", LOSS)
+    stripped.fit(TOKENS, Y, epochs=1, verbose=0)  # trains without pruning, no error
+
+
+@keras.saving.register_keras_serializable(package="prunemix_tests")
+class Scorer(keras.Model):
+    """A user's own subclassed model with its own config and other methods."""
+
+    def __init__(self, width=8, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.hidden = keras.layers.Dense(width, activation="relu")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def score(self, x):
+        return keras.ops.argmax(self(x), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width}
+
+
+def test_prune_model_keeps_a_subclassed_models_class_and_methods(tmp_path):
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    y = np.arange(16) % 3
+    model = Scorer(width=8)
+    model(x[:1])
+    pruned = prunemix.prune_model(model, prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    assert isinstance(pruned, Scorer) and pruned.width == 8
+    np.testing.assert_allclose(pruned(x), model(x), atol=1e-6)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, epochs=2, verbose=0)
+    assert_half_zero(pruned)
+    assert pruned.score(x).shape == (16,)
+    pruned.save(tmp_path / "s.keras")
+    loaded = prunemix.load_model(tmp_path / "s.keras")
+    assert isinstance(loaded, Scorer) and int(loaded.pruner.pruning_step.numpy()) == 2
+    np.testing.assert_allclose(loaded(x), pruned(x), atol=1e-6)
+    stripped = prunemix.strip_pruning(pruned)
+    assert type(stripped) is Scorer
+    np.testing.assert_allclose(stripped(x), pruned(x), atol=1e-6)
+
+
+def test_in_place_pruning_of_a_tied_task_strips():
+    lm = gpt2()
+    with pytest.warns(UserWarning, match="token_embedding.*prune_model"):
         pruned = prunemix.PrunedModel(lm.inputs, lm.outputs,
                                       pruning_schedule=prunemix.ConstantSparsity(0.5, 0, 1))
-    assert "token_embedding/reverse_embeddings" in paths(pruned)
-    assert "token_embedding/embeddings" in paths(pruned)
-    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(X, Y, epochs=1, verbose=0)
-    head = next(p for p in pruned.pruner.pruned_weights if p.path.endswith("reverse_embeddings"))
-    assert int((head.weight.numpy() == 0).sum()) == round(0.5 * head.weight.numpy().size)
+    pruned.compile("adam", LOSS)
+    pruned.fit(TOKENS, Y, epochs=1, verbose=0)
+    stripped = prunemix.strip_pruning(pruned)
+    assert len(stripped.weights) == len(lm.weights)
+    np.testing.assert_allclose(stripped.predict(TOKENS, verbose=0),
+                               pruned.predict(TOKENS, verbose=0), atol=1e-6)
     # The task shares the pruned layers: it generates with them.
-    np.testing.assert_allclose(lm.predict(X, verbose=0), pruned.predict(X, verbose=0),
-                               atol=1e-6)
     assert lm.generate(PROMPT, max_length=12, stop_token_ids=None)["token_ids"].shape == (1, 12)
 
 
-def test_pruned_model_over_a_tied_head_warns_and_points_to_prune_model():
-    lm = gpt2()
-    with pytest.warns(UserWarning, match="token_embedding.*prune_model"):
-        prunemix.PrunedModel(lm.inputs, lm.outputs,
-                             pruning_schedule=prunemix.ConstantSparsity(0.5))
+def test_llama_untied_lm_head_is_pruned_by_default():
+    pruned = prunemix.prune_model(llama(), prunemix.ConstantSparsity(0.5, 0, 1))
+    assert "token_embedding/reverse_embeddings" in paths(pruned)
+    assert "token_embedding/embeddings" in paths(pruned)
 
 
 def test_copy_weights_names_what_is_missing():
@@ -106,11 +211,20 @@ def test_copy_weights_names_what_is_missing():
 def test_pruned_gpt2_backbone_converts_to_tflite():
     backbone = gpt2().backbone
     pruned = prunemix.prune_model(backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    assert isinstance(pruned, keras_hub.models.GPT2Backbone)
     pruned.pruner.update_masks(1)
     pruned.pruner.apply_masks()
     stripped = prunemix.strip_pruning(pruned)
+    assert type(stripped) is keras_hub.models.GPT2Backbone
     runner = prunemix.make_interpreter(prunemix.to_tflite(stripped)).get_signature_runner()
-    inputs = {"token_ids": X["token_ids"][:1], "padding_mask": X["padding_mask"][:1]}
+    inputs = {"token_ids": TOKENS["token_ids"][:1], "padding_mask": TOKENS["padding_mask"][:1]}
     details = runner.get_input_details()
     (got,) = runner(**{k: v.astype(details[k]["dtype"]) for k, v in inputs.items()}).values()
     np.testing.assert_allclose(got, stripped.predict(inputs, verbose=0), atol=1e-5)
+
+
+def test_pruned_class_refuses_what_is_not_a_model_class():
+    with pytest.raises(TypeError, match="keras.Model subclass. Received: <class 'int'>"):
+        prunemix.pruned_class(int)
+    with pytest.raises(TypeError, match="already prunes"):
+        prunemix.pruned_class(prunemix.PrunedModel)

@@ -231,8 +231,16 @@ def test_prune_model_layers_selection_saves(tmp_path):
 
 
 def test_prune_model_errors():
-    with pytest.raises(ValueError, match="subclassed model, inherit from `prunemix.PrunedModel`"):
+    with pytest.raises(ValueError, match="not built"):
         prunemix.prune_model(Tower(), prunemix.ConstantSparsity(0.5))
+    tower = Tower()
+    tower(np.zeros((1, 3)))
+    # Its config cannot re-create it (no `get_config`, no constructor arguments).
+    with pytest.raises(ValueError, match=r"(?s)Tower.from_config\(model.get_config\(\)\) fails .*"
+                       r"class PrunedTower\(prunemix.PrunedModel, Tower\)"):
+        prunemix.prune_model(tower, prunemix.ConstantSparsity(0.5))
+    with pytest.raises(ValueError, match="takes a built keras.Model. Received: Dense"):
+        prunemix.prune_model(keras.layers.Dense(2), prunemix.ConstantSparsity(0.5))
     with pytest.raises(ValueError, match="not built"):
         prunemix.prune_model(keras.Sequential([keras.layers.Dense(2)]),
                              prunemix.ConstantSparsity(0.5))
@@ -369,3 +377,20 @@ def test_subclassed_pretrained_path_loads_dense_weights(tmp_path, mode):
     assert int(pruned.pruner.pruning_step.numpy()) == 0
     compiled(pruned, mode).fit(X, Y, batch_size=16, epochs=1, verbose=0)
     assert [r.zeros for r in prunemix.sparsity_report(pruned)] == [288, 72]
+
+
+class Graph(keras.Model):
+    """A functional model class whose constructor takes no config."""
+
+    def __init__(self):
+        inputs = keras.Input((3,))
+        super().__init__(inputs, keras.layers.Dense(2)(inputs))
+
+
+def test_prune_model_of_a_graph_class_without_config_copies_the_graph_and_warns():
+    model = Graph()
+    with pytest.warns(UserWarning, match=r"(?s)Graph.from_config.*functional PrunedModel"):
+        pruned = prunemix.prune_model(model, prunemix.ConstantSparsity(0.5, 0, 1))
+    assert type(pruned).__name__ == "FunctionalPrunedModel"
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(pruned(x), model(x), atol=1e-6)
