@@ -173,9 +173,8 @@ def first_step_model(name: str, pruned: bool):
         vocabulary_size=1000, num_layers=12, num_heads=4, hidden_dim=256,
         intermediate_dim=1024, max_sequence_length=64)
     lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-    cls = prunemix.PrunedModel if pruned else keras.Model
-    kwargs = {"pruning_schedule": schedule} if pruned else {}
-    model = cls(lm.inputs, lm.outputs, **kwargs)
+    # The pruned model is the task itself, pruning (`prune_model` keeps the class).
+    model = prunemix.prune_model(lm, schedule) if pruned else lm
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = {"token_ids": rng.integers(0, 1000, (8, 64)), "padding_mask": np.ones((8, 64), bool)}
     return model, x, rng.integers(0, 1000, (8, 64))

@@ -39,6 +39,18 @@ def test_overhead_bench_runs_small():
     assert all(wall > 0 and cpu > 0 for wall, cpu in results.values())
 
 
+def test_prune_hub_preset_example_runs_small(tmp_path):
+    pytest.importorskip("keras_hub")
+    from examples import prune_hub_preset
+
+    results = prune_hub_preset.main(["--quick", "--dir", str(tmp_path)])
+    # Stripped, saved as a preset and loaded with keras_hub alone: still the task class.
+    assert results["class"] == "GPT2CausalLM"
+    assert results["sparsity"] == 0.5
+    assert 1.0 < results["dense_perplexity"] < 256 and 1.0 < results["pruned_perplexity"] < 256
+    assert (tmp_path / "pruned" / "config.json").exists()
+
+
 def test_custom_layers_example():
     from examples import custom_layers
 
