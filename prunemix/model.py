@@ -59,8 +59,7 @@ class _Pruning:
 
     def __new__(cls, *args, **kwargs):
         instance = super().__new__(cls, *args, **kwargs)
-        if issubclass(cls, PrunedModel) and PrunedModel in cls.__mro__ and \
-                not issubclass(cls, Functional):
+        if PrunedModel in cls.__mro__ and not issubclass(cls, Functional):
             # Keep schedules and policies passed as constructor keywords in the
             # automatic config, so `from_config` gets them back. (A class mixed
             # with another model class carries its pruner in its config.)
@@ -402,7 +401,7 @@ class _Pruning:
     def _stripped_copy(self):
         """A copy from this model's config with no pruner: an instance of the
         class it prunes (`pruned_class`), else of its own class, stripped."""
-        config = {k: v for k, v in self.get_config().items() if k not in CONFIG_KEYS}
+        config = {k: v for k, v in own_config(self).items() if k not in CONFIG_KEYS}
         base = type(self).__dict__.get("_prunemix_base")
         if base is not None:
             return base.from_config(config)
@@ -411,6 +410,18 @@ class _Pruning:
         copy = type(self).from_config(config)
         copy._strip()
         return copy
+
+
+def own_config(model) -> dict:
+    """`model.get_config()` for re-creating `model` in this process: a
+    keras_hub task's preprocessor, whose vocabulary lives in its assets and
+    not in its config, is passed as the object itself (it has no weights;
+    copies share it)."""
+    config = model.get_config()
+    if getattr(model, "preprocessor", None) is not None and \
+            isinstance(config.get("preprocessor"), dict):
+        config["preprocessor"] = model.preprocessor
+    return config
 
 
 def _config_carries_pruner(model) -> bool:

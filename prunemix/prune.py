@@ -11,7 +11,7 @@ from typing import Any
 import keras
 
 from prunemix import _keras_compat, policy
-from prunemix.model import PrunedModel, deferred_pruning, pruned_class
+from prunemix.model import PrunedModel, deferred_pruning, own_config, pruned_class
 from prunemix.prunable import locate_prunable_weights
 from prunemix.pruner import Pruner
 from prunemix.report import model_weights
@@ -56,7 +56,7 @@ def _class_copy(model: keras.Model, name: str | None) -> PrunedModel:
     """A `pruned_class(type(model))` made from `model`'s own config, holding
     its weights, with no pruner yet."""
     cls = pruned_class(type(model))
-    config = model.get_config()
+    config = own_config(model)
     if name is not None:
         config["name"] = name
     try:

@@ -228,3 +228,30 @@ def test_pruned_class_refuses_what_is_not_a_model_class():
         prunemix.pruned_class(int)
     with pytest.raises(TypeError, match="already prunes"):
         prunemix.pruned_class(prunemix.PrunedModel)
+
+
+def test_a_task_with_a_preprocessor_keeps_its_vocabulary(tmp_path):
+    # The preprocessor's vocabulary lives in its assets, not in its config.
+    tokens = ["<|endoftext|>", "Ġ", "a", "i", "r", "p", "l", "n", "e", "t", "o", "ai", "air"]
+    vocabulary = {token: i for i, token in enumerate(tokens)}
+    merges = ["a i", "ai r"]
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=8)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(tokens), num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=8)
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+    pruned = prunemix.prune_model(lm, prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    assert pruned.preprocessor.tokenizer.vocabulary_size() == len(tokens)
+    pruned.fit(["airplane at airport", "airport at airplane"], epochs=1, verbose=0)
+    assert isinstance(pruned.generate("airplane at", max_length=8), str)
+    pruned.save(tmp_path / "lm.keras")
+    loaded = prunemix.load_model(tmp_path / "lm.keras")
+    assert loaded.preprocessor.tokenizer.vocabulary_size() == len(tokens)
+    stripped = prunemix.strip_pruning(pruned)
+    assert stripped.preprocessor.tokenizer.vocabulary_size() == len(tokens)
+    stripped.save_to_preset(str(tmp_path / "preset"))
+    reloaded = keras_hub.models.GPT2CausalLM.from_preset(str(tmp_path / "preset"))
+    assert reloaded.generate("airplane at", max_length=8) == \
+        stripped.generate("airplane at", max_length=8)
