@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -36,38 +37,8 @@ import numpy as np  # noqa: E402
 
 import prunemix  # noqa: E402
 
-SEQUENCE = 64
-
-
-def byte_windows(count: int, seed: int, validation: bool = False) -> dict:
-    """`count` windows of `SEQUENCE + 1` bytes of pydoc's topics text: the
-    first 90 % of the text for training, the rest for validation."""
-    from pydoc_data.topics import topics
-
-    text = np.frombuffer("\n".join(topics[k] for k in sorted(topics)).encode(), np.uint8)
-    split = int(0.9 * len(text))
-    text = text[split:] if validation else text[:split]
-    starts = np.random.default_rng(seed).integers(0, len(text) - SEQUENCE - 1, count)
-    windows = np.stack([text[s:s + SEQUENCE + 1] for s in starts]).astype("int32")
-    x = {"token_ids": windows[:, :-1], "padding_mask": np.ones((count, SEQUENCE), bool)}
-    return x, windows[:, 1:]
-
-
-def dense_lm(width: int, layers: int) -> keras_hub.models.GPT2CausalLM:
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=256, num_layers=layers, num_heads=4, hidden_dim=width,
-        intermediate_dim=4 * width, max_sequence_length=SEQUENCE, dropout=0.0)
-    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
-
-
-def compile_lm(lm, learning_rate: float) -> None:
-    lm.compile(keras.optimizers.Adam(learning_rate),
-               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-
-def perplexity(lm, data) -> float:
-    x, y = data
-    return math.exp(lm.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)["loss"])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pydoc_lm import SEQUENCE, byte_windows, compile_lm, dense_lm, perplexity  # noqa: E402
 
 
 def main(argv=None) -> dict:

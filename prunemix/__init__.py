@@ -27,6 +27,7 @@ from prunemix.litert import (
 )
 from prunemix.masks import lowest_k_mask, magnitude_mask, pruned_count
 from prunemix.model import PrunedModel, pruned_class
+from prunemix.oneshot import prune_oneshot
 from prunemix.patterns import (
     BlockSparsity,
     GlobalMagnitude,
@@ -89,6 +90,7 @@ __all__ = [
     "prunable",
     "prunable_weights_of",
     "prune_model",
+    "prune_oneshot",
     "pruned_class",
     "pruned_count",
     "register_prunable",

@@ -51,6 +51,34 @@ def test_prune_hub_preset_example_runs_small(tmp_path):
     assert (tmp_path / "pruned" / "config.json").exists()
 
 
+@pytest.mark.slow
+def test_prune_oneshot_digits_runs_small():
+    from examples import prune_oneshot_digits
+
+    rows = prune_oneshot_digits.main(["--quick"])
+    assert [(m, t) for m, t, _, _ in rows[1:4]] == [(m, "50%") for m in prunemix.oneshot.METHODS]
+    # Every kernel exactly at its target: conv_in 288, conv 18432, dense 131072, logits 1280
+    # (2:4 leaves conv_in out: one input channel).
+    for _, label, accuracy, reached in rows[1:]:
+        target = {"50%": 0.5, "75%": 0.75, "90%": 0.9, "2:4": 0.5}[label]
+        sizes = (18432, 131072, 1280) if label == "2:4" else (288, 18432, 131072, 1280)
+        assert reached == sum(round(target * n) for n in sizes) / sum(sizes)
+        assert 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_prune_oneshot_lm_runs_small():
+    pytest.importorskip("keras_hub")
+    from examples import prune_oneshot_lm
+
+    rows = prune_oneshot_lm.main(["--quick"])
+    assert [(m, p) for m, p, *_ in rows] == [
+        ("dense", ""), *[(m, p) for p in ("50%", "2:4") for m in prunemix.oneshot.METHODS],
+        ("sparsegpt + fine-tune", "2:4")]
+    for _, _, ppl, sparsity, _ in rows[1:]:
+        assert sparsity == 0.5 and 1.0 < ppl < 256
+
+
 def test_custom_layers_example():
     from examples import custom_layers
 
