@@ -118,6 +118,9 @@ def test_subclassing_a_task_with_pruned_model_prunes_fits_and_generates(tmp_path
     lm.fit(TOKENS, Y, epochs=2, verbose=0)
     assert_half_zero(lm)
     assert lm.generate(PROMPT, max_length=12, stop_token_ids=None)["token_ids"].shape == (1, 12)
+    scores = lm.score(TOKENS["token_ids"], TOKENS["padding_mask"], scoring_mode="loss",
+                      target_ids=Y)
+    assert scores.shape == (4, 8)
     # PrunedModel's own class hierarchy is untouched: other models still work.
     inputs = keras.Input((4,))
     assert type(prunemix.PrunedModel(inputs, keras.layers.Dense(2)(inputs),
@@ -255,3 +258,23 @@ def test_a_task_with_a_preprocessor_keeps_its_vocabulary(tmp_path):
     reloaded = keras_hub.models.GPT2CausalLM.from_preset(str(tmp_path / "preset"))
     assert reloaded.generate("airplane at", max_length=8) == \
         stripped.generate("airplane at", max_length=8)
+
+
+@keras.saving.register_keras_serializable(package="prunemix_tests")
+class PrunedScorer(prunemix.PrunedModel, Scorer):
+    """The subclassing path on a user's own subclassed model."""
+
+
+def test_subclassing_a_users_own_model_with_pruned_model(tmp_path):
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    model = PrunedScorer(width=8, pruning_schedule=prunemix.ConstantSparsity(0.5, 0, 1))
+    assert isinstance(model, prunemix.PrunedModel) and isinstance(model, Scorer)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.arange(16) % 3, epochs=2, verbose=0)
+    assert_half_zero(model)
+    assert model.score(x).shape == (16,)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded) is PrunedScorer and loaded.width == 8
+    assert int(loaded.pruner.pruning_step.numpy()) == 2
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
