@@ -16,9 +16,10 @@ How the threshold is found: non-negative float32 values sort like their
 int32 bit patterns, so the k-th smallest magnitude is found with two
 histogram passes over the bits (16 + 15 bits, a radix select) instead of a
 full sort; the selection runs in a nested XLA-compiled function, padded to
-a few bucket sizes. `lowest_k_masks` selects many small weights in one
-segmented pass (three passes of up to 2048 buckets per weight), so a model
-compiles it once. `bench/` measures both against `tf.sort`.
+a few bucket sizes (weights over 512K entries: their own size).
+`lowest_k_masks` selects many small weights in one segmented pass (three
+passes of up to 2048 buckets per weight), so a model compiles it once.
+`bench/` measures both against `tf.sort`.
 
 Example:
 
@@ -152,6 +153,17 @@ def _lowest_k_mask_bits(bits, k):
 _lowest_k_mask_xla = tf.function(
     _lowest_k_mask_bits, jit_compile=True, reduce_retracing=True
 )
+
+
+def _lowest_k_mask_scores(scores, k):
+    # The keys are made inside the compiled selection, so XLA fuses them into
+    # each pass instead of writing and reading them once more.
+    return _lowest_k_mask_bits(rank_bits(scores), k)
+
+
+_lowest_k_mask_scores_xla = tf.function(
+    _lowest_k_mask_scores, jit_compile=True, reduce_retracing=True
+)
 # Padding: above every real key (NaN's included), so never among the k lowest.
 _PAD_BITS = 0x7FFFFFFF
 
@@ -159,7 +171,12 @@ _PAD_BITS = 0x7FFFFFFF
 def _bucket(size: int) -> int:
     """The padded length XLA compiles the selection for: the next of
     2^e * {1, 1.5} (at most 1.5x the entries), so a model's many weight
-    sizes share a few compilations (MobileNetV2: 52 sizes, 20 buckets)."""
+    sizes share a few compilations (MobileNetV2: 52 sizes, 20 buckets).
+    Weights above `_BATCH_ENTRIES` entries are few and each costs a pass per
+    update over every entry, padding included (a third more for GPT-2's
+    embedding and feed-forward kernels): they compile for their own size."""
+    if size > _BATCH_ENTRIES:
+        return size
     if size <= 1024:
         return 1024
     power = 1 << (size - 1).bit_length()
@@ -178,12 +195,13 @@ def lowest_k_mask(scores, k):
         A bool tensor shaped like `scores`, with exactly `k` False entries.
     """
     scores = tf.convert_to_tensor(scores)
+    flat = tf.reshape(scores, [-1])
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
+    size = flat.shape[0]
+    if size is None or _bucket(size) == size:
+        return tf.reshape(_lowest_k_mask_scores_xla(flat, k), tf.shape(scores))
     # One bit pattern for every NaN, above +inf's: NaNs rank last, by index.
-    bits = tf.reshape(rank_bits(scores), [-1])
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(bits))
-    size = bits.shape[0]
-    if size is None:
-        return tf.reshape(_lowest_k_mask_xla(bits, k), tf.shape(scores))
+    bits = rank_bits(flat)
     padded = tf.pad(bits, [[0, _bucket(size) - size]], constant_values=_PAD_BITS)
     return tf.reshape(_lowest_k_mask_xla(padded, k)[:size], tf.shape(scores))
 

@@ -550,6 +550,14 @@ def pruned_class(model_class: type) -> type:
 
     Raises:
         TypeError: if `model_class` is not a `keras.Model` subclass or already prunes.
+
+    Example:
+
+    ```python
+    PrunedGPT2 = prunemix.pruned_class(keras_hub.models.GPT2CausalLM)
+    lm = PrunedGPT2(backbone=backbone, preprocessor=None,
+                    pruning_schedule=prunemix.ConstantSparsity(0.5))
+    ```
     """
     if not (isinstance(model_class, type) and issubclass(model_class, keras.Model)):
         raise TypeError(f"pruned_class takes a keras.Model subclass. Received: {model_class!r}")
