@@ -115,6 +115,8 @@ class _Target:
 
 def _batches(data, batch_size: int) -> Iterable:
     """Model inputs, batch by batch, from arrays, dicts, a dataset or an iterable."""
+    if isinstance(data, list | tuple) and data and all(isinstance(s, str) for s in data):
+        data = np.asarray(data, dtype=object)  # texts, for a task's preprocessor
     if isinstance(data, np.ndarray) or (
         isinstance(data, dict) and all(isinstance(v, np.ndarray) for v in data.values())
     ):
@@ -381,7 +383,9 @@ def prune_oneshot(
             keras_hub task or backbone).
         calibration_data: what `model(x)` takes: an array or dict of
             arrays (split into `batch_size` batches), a `tf.data.Dataset` or
-            any iterable of batches (`(x, y)` tuples use `x`).
+            any iterable of batches (`(x, y)` tuples use `x`). For a
+            keras_hub task with a preprocessor, also a list or array of
+            strings, which go through the preprocessor first.
         sparsity: fraction of each kernel to prune, in [0, 1).
         method: `"magnitude"`, `"wanda"` or `"sparsegpt"`.
         pattern: None (unstructured) or `prunemix.NMSparsity(n, m)` along
@@ -426,7 +430,7 @@ def prune_oneshot(
     rules = policy_lib.get_policy(policy)
     _check_rules(rules)
     targets = _targets(model, float(sparsity), _nm_of(pattern, sparsity), rules)
-    batches = list(_batches(calibration_data, batch_size))
+    batches = [_preprocessed(model, b) for b in _batches(calibration_data, batch_size)]
     if not batches:
         raise ValueError("prune_oneshot: `calibration_data` holds no batch.")
     groups = _order(model, targets, batches)
@@ -478,6 +482,17 @@ def input_feature_norms(model: keras.Model, calibration_data: Any,
     for t in order:
         t.sumsq = None
     return norms
+
+
+def _preprocessed(model, batch):
+    """Texts through a keras_hub task's own preprocessor (its `x`); anything
+    else as it is."""
+    preprocessor = getattr(model, "preprocessor", None)
+    texts = isinstance(batch, np.ndarray) and batch.dtype.kind in "OUS"
+    if preprocessor is None or not texts:
+        return batch
+    out = preprocessor([s.decode() if isinstance(s, bytes) else str(s) for s in batch.tolist()])
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _calibrate(model, group: list, batches: list, method: str) -> None:

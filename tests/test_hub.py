@@ -249,6 +249,10 @@ def test_a_task_with_a_preprocessor_keeps_its_vocabulary(tmp_path):
     assert pruned.preprocessor.tokenizer.vocabulary_size() == len(tokens)
     pruned.fit(["airplane at airport", "airport at airplane"], epochs=1, verbose=0)
     assert isinstance(pruned.generate("airplane at", max_length=8), str)
+    # One-shot from text: the task's own preprocessor makes the token ids.
+    report = prunemix.prune_oneshot(pruned, ["airplane at airport", "air at airport"],
+                                    method="wanda")
+    assert [r.zeros for r in report] == [round(0.5 * r.size) for r in report] and report
     pruned.save(tmp_path / "lm.keras")
     loaded = prunemix.load_model(tmp_path / "lm.keras")
     assert loaded.preprocessor.tokenizer.vocabulary_size() == len(tokens)
