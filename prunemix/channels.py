@@ -147,14 +147,22 @@ class ChannelGroups(PruningPattern):
         return {"norm": self.norm, "reduction": self.reduction, "round_to": self.round_to}
 
 
-def _zeroed(graph: ChannelGraph):
+def _zeroed(graph: ChannelGraph, statistic: float):
     """Weight values with every masked channel weight zero: what each channel
-    carries once its class is pruned."""
-    masked = {id(s.ref) for s in graph.spaces if s.kind == "weight" and s.role == "mask"}
+    carries once its class is pruned. Statistics that training moves
+    (BatchNormalization's moving mean and variance) read as `statistic`:
+    the plan must not depend on their values today (a `.keras` reload plans
+    before the saved values are read), so `plan` asks with two of them."""
+    spaces = [s for s in graph.spaces if s.kind == "weight"]
+    masked = {id(s.ref) for s in spaces if s.role == "mask"}
+    moving = {id(s.ref): abs(statistic) if s.ref is getattr(s.layer, "moving_variance", None)
+              else statistic for s in spaces if s.role == "slice" and id(s.ref) not in masked}
 
     def value_of(variable):
         value = weight_value(variable)
-        return np.zeros_like(value) if id(variable) in masked else value
+        if id(variable) in masked:
+            return np.zeros_like(value)
+        return np.full_like(value, moving[id(variable)]) if id(variable) in moving else value
 
     return value_of
 
@@ -171,18 +179,21 @@ def plan(model, located: list, specs: dict) -> tuple:
     chosen = {k: s for k, s in specs.items() if getattr(s.pattern, "needs_graph", False)}
     if not chosen:
         return located, specs
-    pairs = {(id(s.schedule), repr(s.pattern)) for s in chosen.values()}
+    pairs = {(id(s.schedule), repr(s.pattern), id(s.score)) for s in chosen.values()}
     if len(pairs) > 1:
         raise ValueError(
             f"Model '{model.name}': every weight pruned with ChannelGroups must share one "
-            "schedule and one ChannelGroups (channels are coupled across layers); these "
-            f"differ: {sorted(chosen)}."
+            "schedule, one ChannelGroups and one `score` (channels are coupled across "
+            f"layers); these differ: {sorted(chosen)}."
         )
     first = next(iter(chosen.values()))
     graph = ChannelGraph(model)
     registry = {id(w) for _, w, _, _ in located}
     chosen_ids = {id(w) for _, w, _, k in located if k in chosen}
-    removable = graph.removable(_zeroed(graph))
+    # Removable whatever sign the moving statistics take: a channel whose
+    # BatchNormalization (scale=False) outputs -mean/std must not be pruned
+    # where only a zero can be removed (before a "same" convolution).
+    removable = graph.removable(_zeroed(graph, 1.0)) & graph.removable(_zeroed(graph, -1.0))
     cls_of = graph.element_class
     weight_spaces = [s for s in graph.spaces if s.kind == "weight" and s.role == "mask"]
     by_class: dict = {}
@@ -228,6 +239,8 @@ def plan(model, located: list, specs: dict) -> tuple:
     specs = {k: s for k, s in specs.items() if k not in chosen and
              not getattr(s.pattern, "needs_graph", False)}
     for _, _, _, key in order:
-        specs[key] = policy.Spec(key, first.schedule, pattern, None, (0.0, 1.0))
+        # The rule's `score` ranks every coupled slice, the biases and
+        # BatchNormalization weights the plan adds included.
+        specs[key] = policy.Spec(key, first.schedule, pattern, first.score, (0.0, 1.0))
     return located, specs
 

@@ -54,7 +54,28 @@ _PASS = tuple(getattr(L, n) for n in (
 ) if hasattr(L, n))
 _PAD = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
 _ACT = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
-_MIXING = ("softmax", "log_softmax")
+# The one table of activations that act on each channel alone (a removed
+# channel's constant stays a constant of that channel). Any other activation
+# (softmax, log_softmax, sparsemax, glu, a function of your own) mixes
+# channels: the layer's outputs are kept whole.
+_ELEMENTWISE = frozenset(
+    keras.activations.get(name) for name in (
+        "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
+        "swish", "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "hard_tanh",
+        "softplus", "softsign", "exponential", "mish", "log_sigmoid", "sparse_plus",
+        "squareplus", "tanh_shrink", "hard_shrink", "soft_shrink", "sparse_sigmoid",
+        "threshold",
+    ) if hasattr(keras.activations, name)
+)
+# Every class `_classify` knows; a subclass is analysed as the nearest one.
+_KNOWN = frozenset({
+    L.Dense, L.EinsumDense, L.Embedding, L.BatchNormalization, L.Concatenate, L.Rescaling,
+    L.Flatten, L.Reshape, L.LayerNormalization, L.GroupNormalization, L.UnitNormalization,
+    *_CONV, *_TRANSPOSED, *_DEPTHWISE, *_SEPARABLE, *_MERGE, *_PASS, *_PAD, *_ACT,
+})
+# Methods that define what a layer computes: a subclass of a known layer
+# that overrides one of them computes something prunemix does not know.
+_BEHAVIOUR = ("call", "__call__", "convolution_op", "quantized_call")
 
 
 def _channels_last(layer) -> bool:
@@ -64,6 +85,24 @@ def _channels_last(layer) -> bool:
 def _act_name(layer) -> str:
     fn = getattr(layer, "activation", None)
     return getattr(fn, "__name__", str(fn))
+
+
+def _mixes(layer) -> bool:
+    """Whether the layer's `activation` (if it has one) mixes channels."""
+    fn = getattr(layer, "activation", None)
+    return fn is not None and fn not in _ELEMENTWISE
+
+
+def _own_behaviour(layer) -> str | None:
+    """Why `layer` is not analysed as the known class it derives from (a
+    class between them overrides a method of `_BEHAVIOUR`), or None."""
+    mro = type(layer).__mro__
+    known = next((i for i, cls in enumerate(mro) if cls in _KNOWN), 0)
+    for cls in mro[:known]:
+        overridden = [m for m in _BEHAVIOUR if m in vars(cls)]
+        if overridden:
+            return f"{cls.__name__} overrides `{overridden[0]}`"
+    return None
 
 
 def _apply(fn, values: np.ndarray) -> np.ndarray:
@@ -203,8 +242,6 @@ class ChannelGraph:
             self._tie(outs[0], self.weight(layer, kernel, out_axis))
             if bias is not None:
                 self._tie(outs[0], self.weight(layer, bias, bias_axis))
-            if _act_name(layer) in _MIXING:
-                self._block(outs[0], f"{_act_name(layer)} of layer '{layer.name}' mixes channels")
         elif kind == "depthwise":
             m = info["multiplier"]
             kernel_space = self.weight(layer, info["kernel"], -2)
@@ -234,6 +271,9 @@ class ChannelGraph:
         else:  # merge, pass, pad, act, rescale: channel c in, channel c out
             for space in ins:
                 self._tie(space, outs[0])
+        if kind != "act" and _mixes(layer):
+            self._block(outs[0], f"activation {_act_name(layer)} of layer '{layer.name}' "
+                                 "mixes channels")
 
     def _classify(self, layer, ins, outs):
         """`(kind, info)` for one layer call; kind "end" blocks its channels."""
@@ -241,6 +281,13 @@ class ChannelGraph:
             return "end", "not a single channels-last output"
         if not _channels_last(layer):
             return "end", "channels_first"
+        own = _own_behaviour(layer)
+        if own is not None:
+            return "end", f"{own}: prunemix does not know what it computes"
+        if getattr(layer, "lora_enabled", False):
+            return "end", "LoRA adapters (lora_kernel_a/b) are not analysed; merge them first"
+        if getattr(layer, "quantization_mode", None) is not None:
+            return "end", f"quantized ({layer.quantization_mode}) weights are not analysed"
         one = len(ins) == 1
         same = all(s.size == outs[0].size for s in ins)
         bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", True) else None
@@ -291,9 +338,8 @@ class ChannelGraph:
         if isinstance(layer, _PAD) and one and same:
             return "pad", None
         if isinstance(layer, _ACT) and one and same:
-            name = getattr(getattr(layer, "activation", None), "__name__", "")
-            if name in _MIXING:
-                return "end", f"{name} mixes channels"
+            if _mixes(layer):
+                return "end", f"activation {_act_name(layer)} mixes channels"
             return "act", None
         if isinstance(layer, L.Rescaling) and one and same:
             if np.ndim(layer.scale) or np.ndim(layer.offset):
