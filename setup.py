@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["tensorflow>=2.16", "wrapt>=1.14"],
     extras_require={
-        "examples": ["scikit-learn>=1.3"],
+        "examples": ["scikit-learn>=1.3", "ai-edge-litert>=2.3"],
         "plot": ["matplotlib>=3.7"],
         "litert": ["ai-edge-litert>=2.3"],
         "hub": ["keras-hub>=0.20"],

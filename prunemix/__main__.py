@@ -122,7 +122,7 @@ def tflite(path: str) -> str:
         raise CliError(f"no such file: {path}", 2)
     try:
         return f"{path}\n\n{tflite_report(path)}"
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise CliError(f"{path}: {error}", 2) from None
 
 
@@ -130,11 +130,17 @@ def strip(source: str, target: str) -> str:
     """Writes the stripped model; returns the message to print."""
     from prunemix import export, report
 
-    model = _pruned(_load(source), source)
-    stripped = export.strip_pruning(model)
     if not target.endswith(".keras"):
         raise CliError(f"output file must end in .keras, got {target}", 2)
-    stripped.save(target)
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise CliError(f"cannot write {target}: no such folder {folder}", 2)
+    model = _pruned(_load(source), source)
+    stripped = export.strip_pruning(model)
+    try:
+        stripped.save(target)
+    except OSError as error:
+        raise CliError(f"cannot write {target}: {error}", 2) from None
     return (
         f"wrote {target}: '{stripped.name}' without masks, "
         f"{report.sparsity_report(stripped).sparsity:.2%} of prunable weights are zero"

@@ -3,6 +3,7 @@ and reading a `.keras` archive's pruning state without loading the model."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -38,38 +39,127 @@ def write_pruner_state(pruner, store) -> None:
         store[f"mask_{i}"] = np.asarray(p.mask.numpy())
 
 
+def _damaged(where: str, what: str) -> ValueError:
+    return ValueError(f"{where}: the pruning state is damaged: {what}.")
+
+
+def _int_array(value, name: str, where: str, shape: tuple) -> np.ndarray:
+    value = np.asarray(value)
+    if value.shape != shape or not np.issubdtype(value.dtype, np.integer):
+        raise _damaged(where, f"`{name}` must be an integer array of shape {shape}, got "
+                              f"{value.dtype} of shape {value.shape}")
+    if (value < 0).any():
+        raise _damaged(where, f"`{name}` is negative ({value.min()})")
+    return value.astype(np.int64)
+
+
+def parse_state(get, names, where: str, shapes: dict | None = None) -> dict:
+    """Reads and checks a format-2 pruning state: the one place every saved
+    field is validated, for `load_model` and the CLI alike.
+
+    Args:
+        get: `get(name) -> np.ndarray` for a dataset of the state's group.
+        names: the dataset names the group holds.
+        where: the file, for messages.
+        shapes: optional `{key: weight shape}`: a mask of another shape is
+            refused before it is read.
+
+    Returns:
+        `{"format", "keys", "paths", "step", "counts", "masks"}` with `masks`
+        a list of bool arrays in `keys` order.
+
+    Raises:
+        ValueError: naming the field: a manifest that is not UTF-8 JSON of
+            the expected fields, a newer format, keys that repeat or are not
+            strings, a negative or non-integer step or count, a count larger
+            than its mask, a missing mask, or a mask that is not bool or has
+            the wrong shape.
+    """
+    names = set(names)
+    raw = np.asarray(get("manifest"))
+    if raw.ndim != 1 or raw.dtype != np.uint8:
+        raise _damaged(where, f"the manifest is {raw.dtype} of shape {raw.shape}, not bytes")
+    try:
+        manifest = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _damaged(where, f"the manifest is not UTF-8 JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(where, f"the manifest is a {type(manifest).__name__}, not an object")
+    version = manifest.get("format")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 2:
+        raise _damaged(where, f"the manifest's format is {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{where} was saved with prunemix pruning-state format {version!r}; this "
+            f"prunemix reads format {FORMAT_VERSION} and older. Upgrade prunemix."
+        )
+    keys = manifest.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise _damaged(where, f"the manifest's keys must be a list of names, got {keys!r:.80}")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _damaged(where, f"the manifest names weights twice: {repeated}")
+    paths = manifest.get("paths", keys)
+    if not isinstance(paths, list) or len(paths) != len(keys) or \
+            not all(isinstance(p, str) for p in paths):
+        raise _damaged(where, f"the manifest's paths do not match its {len(keys)} keys")
+    declared = manifest.get("shapes")
+    if declared is not None and (
+        not isinstance(declared, list) or len(declared) != len(keys) or not all(
+            isinstance(d, list) and all(isinstance(n, int) and n >= 0 for n in d)
+            for d in declared)):
+        raise _damaged(where, f"the manifest's shapes do not match its {len(keys)} keys")
+    masks_held = {n for n in names if n.startswith("mask_")}
+    expected = {f"mask_{i}" for i in range(len(keys))}
+    if masks_held != expected:
+        raise _damaged(where, f"it holds masks {sorted(masks_held)} for {len(keys)} keys")
+    for field in ("pruning_step", "pruned_counts"):
+        if field not in names:
+            raise _damaged(where, f"`{field}` is missing")
+    step = int(_int_array(get("pruning_step"), "pruning_step", where, ()))
+    counts = _int_array(get("pruned_counts"), "pruned_counts", where, (len(keys),))
+    masks = []
+    for i, key in enumerate(keys):
+        mask = np.asarray(get(f"mask_{i}"))
+        if mask.dtype != np.bool_:
+            raise _damaged(where, f"the mask of '{key}' is {mask.dtype}, not bool")
+        if shapes is not None and key in shapes and mask.shape != tuple(shapes[key]):
+            raise ValueError(
+                f"Pruning state mismatch: {where}'s mask for '{key}' has shape "
+                f"{mask.shape}; the weight has shape {tuple(shapes[key])}."
+            )
+        if declared is not None and mask.shape != tuple(declared[i]):
+            raise _damaged(where, f"the mask of '{key}' has shape {mask.shape}; the manifest "
+                                  f"says {tuple(declared[i])}")
+        if counts[i] > mask.size:
+            raise _damaged(where, f"'{key}' counts {counts[i]} pruned of {mask.size} entries")
+        masks.append(mask)
+    return {"format": version, "keys": keys, "paths": paths, "step": step, "counts": counts,
+            "masks": masks}
+
+
 def read_pruner_state(pruner, store) -> None:
     """Restores each mask onto its own weight by key (format 2, or format 1
     by position after checking count and shapes).
 
     Raises:
         ValueError: for state made for other pruned weights (naming both
-            sides), a mask of another shape, or a newer format.
+            sides), a mask of another shape, a newer format, or a damaged
+            field (`parse_state`).
     """
     if "manifest" not in store:
         return _read_format_1(pruner, store)
-    manifest = json.loads(bytes(np.asarray(store["manifest"], np.uint8)).decode())
-    if manifest.get("format", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"The file was saved with prunemix pruning-state format "
-            f"{manifest.get('format')!r}; this prunemix reads format {FORMAT_VERSION} "
-            "and older. Upgrade prunemix."
-        )
-    saved = manifest["keys"]
+    state = parse_state(store.__getitem__, store.keys(), "the file",
+                        {p.key: p.weight.shape for p in pruner.pruned_weights})
+    saved = state["keys"]
     pruner._check_keys(saved, "the file")
-    counts = np.asarray(store["pruned_counts"])
     for p in pruner.pruned_weights:
-        value = np.asarray(store[f"mask_{saved.index(p.key)}"])
-        if value.shape != tuple(p.weight.shape):
-            raise ValueError(
-                f"Pruning state mismatch: the file's mask for '{p.key}' has shape "
-                f"{value.shape}; the weight has shape {tuple(p.weight.shape)}."
-            )
-        p.mask.assign(value.astype(bool))
+        p.mask.assign(state["masks"][saved.index(p.key)])
     pruner.pruned_counts.assign(
-        np.asarray([counts[saved.index(p.key)] for p in pruner.pruned_weights], np.int64)
+        np.asarray([state["counts"][saved.index(p.key)] for p in pruner.pruned_weights],
+                   np.int64)
     )
-    pruner.pruning_step.assign(np.asarray(store["pruning_step"]))
+    pruner.pruning_step.assign(np.asarray(state["step"], np.int64))
 
 
 def _read_format_1(pruner, store) -> None:
@@ -87,7 +177,9 @@ def _read_format_1(pruner, store) -> None:
             "weights file."
         )
     for p, value in zip(pruner.pruned_weights, values[:n], strict=True):
-        p.mask.assign(value.astype(bool))
+        if value.dtype != np.bool_:
+            raise _damaged("the file", f"the mask of '{p.key}' is {value.dtype}, not bool")
+        p.mask.assign(value)
     pruner.pruning_step.assign(values[n])
     pruner.pruned_counts.assign(values[n + 2].astype(np.int64))
 
@@ -167,8 +259,9 @@ def load_model(filepath, **kwargs) -> keras.Model:
     Raises:
         FileNotFoundError: if there is no such file.
         ValueError: if the file is not a complete `.keras` archive (not a
-            zip, truncated, or without `config.json`), or was saved with a
-            newer prunemix layout.
+            zip, truncated, or without `config.json`), its weights cannot be
+            read, its pruning state is damaged (each field is checked: see
+            `parse_state`), or it was saved with a newer prunemix layout.
 
     Example:
 
@@ -186,7 +279,10 @@ def load_model(filepath, **kwargs) -> keras.Model:
     custom = dict(kwargs.pop("custom_objects", None) or {})
     for name in _pruned_class_names(config):
         custom.setdefault(name, _pruned_class(name, path))
-    return keras.saving.load_model(path, custom_objects=custom, **kwargs)
+    try:
+        return keras.saving.load_model(path, custom_objects=custom, **kwargs)
+    except OSError as error:  # h5py: model.weights.h5 is not HDF5
+        raise ValueError(f"{path}: its weights cannot be read ({error}).") from None
 
 
 def _pruned_class_names(config) -> set:
@@ -260,16 +356,21 @@ def read_pruning_state(filepath) -> dict:
     Raises:
         FileNotFoundError, ValueError: as `load_model`.
     """
-    import h5py
 
     path = os.fspath(filepath)
     _check_archive(path)
     with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
+        try:
+            config = json.loads(archive.read("config.json"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} has a config.json that is not JSON ({error}).") from None
         weights_blob = archive.read("model.weights.h5") if "model.weights.h5" in \
             archive.namelist() else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} has a config.json that is not a model config.")
+    inner = config.get("config")
     state = {
-        "name": config.get("config", {}).get("name"),
+        "name": inner.get("name") if isinstance(inner, dict) else None,
         "class_name": config.get("class_name"),
         "pruner": _find_pruner_config(config),
         "format": None,
@@ -280,25 +381,51 @@ def read_pruning_state(filepath) -> dict:
     }
     if weights_blob is None:
         return state
-    datasets = {}
-    with h5py.File(io.BytesIO(weights_blob), "r") as f:
-        f.visititems(
-            lambda name, obj: datasets.__setitem__(name, np.asarray(obj))
-            if isinstance(obj, h5py.Dataset) else None
-        )
-    groups = {name.rsplit("/", 1)[0] for name in datasets if name.endswith("/manifest")}
-    for group in sorted(groups):
-        manifest = json.loads(bytes(datasets[f"{group}/manifest"].astype(np.uint8)).decode())
-        state["format"] = manifest.get("format")
-        state["step"] = int(datasets[f"{group}/pruning_step"])
-        state["masks"] = {
-            key: datasets[f"{group}/mask_{i}"].astype(bool)
-            for i, key in enumerate(manifest["keys"])
-        }
-        state["paths"] = dict(zip(manifest["keys"], manifest.get("paths", manifest["keys"]),
-                                  strict=True))
+    try:
+        datasets = _h5_datasets(weights_blob, path)
+    except OSError as error:
+        raise ValueError(f"{path}: model.weights.h5 is not a readable HDF5 file ({error}).") \
+            from None
+    groups = sorted({name.rsplit("/", 1)[0] for name in datasets if name.endswith("/manifest")})
+    if len(groups) > 1:
+        raise ValueError(f"{path}: it holds {len(groups)} pruning states ({groups}); "
+                         "a model has one pruner.")
+    for group in groups:
+        held = {n[len(group) + 1:] for n in datasets if n.startswith(f"{group}/")}
+        parsed = parse_state(lambda name, g=group: datasets[f"{g}/{name}"](), held, path)
+        state["format"], state["step"] = parsed["format"], parsed["step"]
+        state["masks"] = dict(zip(parsed["keys"], parsed["masks"], strict=True))
+        state["paths"] = dict(zip(parsed["keys"], parsed["paths"], strict=True))
     state["weights"] = {
-        name: value for name, value in datasets.items()
+        name: read() for name, read in datasets.items()
         if not any(name.startswith(f"{g}/") for g in groups) and not name.startswith("optimizer/")
     }
     return state
+
+
+def _h5_datasets(blob: bytes, path: str) -> dict:
+    """`{name: read}` for every dataset of an HDF5 file held in memory, where
+    `read()` returns its array. A dataset that declares more bytes than the
+    whole file holds (a shape bomb: `model.save` writes arrays uncompressed)
+    is refused when it is read, before anything is allocated."""
+    import h5py
+
+    found = {}
+    with h5py.File(io.BytesIO(blob), "r") as f:
+        def visit(name, obj):
+            if not isinstance(obj, h5py.Dataset):
+                return
+            declared = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize)
+            if declared > len(blob):
+                found[name] = functools.partial(_refuse, path, name, obj.shape, len(blob))
+            else:
+                found[name] = functools.partial(lambda array: array, np.asarray(obj))
+        f.visititems(visit)
+    return found
+
+
+def _refuse(path: str, name: str, shape: tuple, size: int):
+    raise ValueError(
+        f"{path}: dataset '{name}' declares shape {shape}, more bytes than the whole "
+        f"weights file holds ({size}): the file is damaged."
+    )

@@ -4,8 +4,12 @@ silently or failed with a Python symptom instead of an answer.
 Each test names the defect it pins down; see CHANGELOG.md (Fixed).
 """
 
+import io
+import json
 import warnings
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prunemix
+from prunemix import __main__ as cli
 
 L = keras.layers
 X8 = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
@@ -165,6 +170,136 @@ def test_channel_groups_ranks_by_the_rules_score():
     assert pruned_units(lambda p: 1.0 / (keras.ops.abs(p.weight) + 1e-3)) == {0, 1, 2, 3, 4}
 
 
+# -- 8: sparse int8 on LiteRT ---------------------------------------------------------------
+
+def test_sparse_int8_runs_right_on_the_default_interpreter():
+    i = keras.Input((64,))
+    h = L.Dense(64, activation="relu")(L.Dense(64, activation="relu")(i))
+    model = keras.Model(i, L.Dense(10)(h))
+    pruned = prunemix.prune_model(model, prunemix.ConstantSparsity(0.8, 0, frequency=1),
+                                  pruning_policy=prunemix.latency_policy(quantized=True))
+    pruned.pruner.update_masks(step=1)
+    stripped = prunemix.strip_pruning(pruned)
+    x = np.random.default_rng(0).random((4, 64)).astype("float32")
+    content = prunemix.to_tflite(stripped, quantize="int8")
+    runner = prunemix.make_interpreter(content).get_signature_runner()
+    (out,) = runner(**{next(iter(runner.get_input_details())): x}).values()
+    want = stripped.predict(x, verbose=0)
+    assert np.abs(out - want).max() <= 0.05 * np.abs(want).max()
+    with pytest.raises(ValueError, match="sparse int8 weights"):
+        prunemix.make_interpreter(content, xnnpack=True)
+
+
+# -- 9, 16: damaged pruning state -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def saved_mlp(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8,))
+    model = keras.Model(i, L.Dense(2, name="o")(L.Dense(16, name="h")(i)))
+    pruned = prunemix.prune_model(model, prunemix.PolynomialDecay(0.0, 0.5, 0, 4, frequency=1))
+    pruned.pruner.update_masks(step=2)
+    pruned.pruner.pruning_step.assign(2)
+    path = tmp_path_factory.mktemp("saved") / "mlp.keras"
+    pruned.save(path)
+    return path
+
+
+def rewrite(source, target, edit, member=None):
+    """Copies a `.keras` archive, with `edit(h5 group "pruner/vars")` applied
+    to its weights (or `edit(bytes) -> bytes` to `member`)."""
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    if member is None:
+        member = "model.weights.h5"
+        buffer = io.BytesIO(members[member])
+        with h5py.File(buffer, "a") as f:
+            edit(f["pruner/vars"])
+        members[member] = buffer.getvalue()
+    else:
+        members[member] = edit(members[member])
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return target
+
+
+def set_dataset(name, value):
+    def edit(group):
+        del group[name]
+        group[name] = value
+    return edit
+
+
+def set_manifest(**fields):
+    def edit(group):
+        manifest = json.loads(bytes(group["manifest"][()]).decode())
+        manifest.update(fields)
+        del group["manifest"]
+        group["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    return edit
+
+
+def drop(name):
+    def edit(group):
+        del group[name]
+    return edit
+
+
+DAMAGE = {
+    "float mask": (set_dataset("mask_0", np.ones((8, 16), "float32")), "is float32, not bool"),
+    "NaN mask": (set_dataset("mask_0", np.full((8, 16), np.nan, "float32")), "not bool"),
+    "keys null": (set_manifest(keys=None), "keys must be a list"),
+    "keys a string": (set_manifest(keys="h/kernel"), "keys must be a list"),
+    "keys repeated": (set_manifest(keys=["h/kernel", "h/kernel"]), "names weights twice"),
+    "mask missing": (drop("mask_1"), "holds masks"),
+    "format a string": (set_manifest(format="2"), "format is '2'"),
+    "newer format": (set_manifest(format=3), "Upgrade prunemix"),
+    "manifest not UTF-8": (set_dataset("manifest", np.frombuffer(b"\xff\xfe{", np.uint8)),
+                           "not UTF-8 JSON"),
+    "counts empty": (set_dataset("pruned_counts", np.zeros(0, "int64")), "pruned_counts"),
+    "step negative": (set_dataset("pruning_step", np.asarray(-50, "int64")), "negative"),
+    "step a vector": (set_dataset("pruning_step", np.zeros(3, "int64")), "pruning_step"),
+    "mask transposed": (set_dataset("mask_0", np.ones((16, 8), bool)), "shape"),
+    "mask a scalar": (set_dataset("mask_0", np.asarray(True)), "shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_pruning_state_is_a_clear_error_on_load_and_in_the_cli(case, saved_mlp,
+                                                                       tmp_path, capsys):
+    edit, message = DAMAGE[case]
+    path = rewrite(saved_mlp, tmp_path / "bad.keras", edit)
+    with pytest.raises(ValueError, match=message):
+        prunemix.load_model(path)
+    assert cli.main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunemix: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_mask_bomb_is_refused_before_it_is_read(saved_mlp, tmp_path, capsys):
+    def bomb(group):
+        del group["mask_0"]
+        group.create_dataset("mask_0", shape=(10**6, 10**6), dtype=bool, chunks=(1, 1024),
+                             compression="gzip")
+    path = rewrite(saved_mlp, tmp_path / "bomb.keras", bomb)
+    assert cli.main(["report", str(path)]) == 2
+    assert "more bytes than the whole" in capsys.readouterr().err
+
+
+def test_garbage_weights_are_a_value_error(saved_mlp, tmp_path):
+    path = rewrite(saved_mlp, tmp_path / "garbage.keras", lambda _: b"\x00" * 512,
+                   member="model.weights.h5")
+    with pytest.raises(ValueError, match="weights cannot be read"):
+        prunemix.load_model(path)
+
+
+def test_the_undamaged_file_still_loads_and_reports(saved_mlp, capsys):
+    assert prunemix.load_model(saved_mlp).pruner.pruning_step.numpy() == 2
+    assert cli.main(["report", str(saved_mlp)]) == 0
+    assert "pruning step 2" in capsys.readouterr().out
+
+
 # -- 11, 12: LoRA, quantized layers, the tied ReversibleEmbedding ---------------------------
 
 def test_shrink_keeps_lora_and_quantized_layers_whole():
@@ -190,6 +325,24 @@ def test_channel_groups_of_a_gpt2_task_ends_at_the_tied_embedding():
     lm = hub_models.gpt2()
     graph = prunemix.channel_groups(lm)
     assert any("ReversibleEmbedding overrides" in reason for reason in graph.ended_by.values())
+
+
+# -- 14: the CLI answers in one line, exit 2 ------------------------------------------------
+
+def test_cli_bad_files_and_folders_exit_2_with_one_line(saved_mlp, tmp_path, capsys):
+    content = prunemix.to_tflite(prunemix.load_model(saved_mlp), sparse=False)
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes(content[: len(content) // 3])
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(content[:8] + b"\xff" * (len(content) - 8))
+    for argv in (["tflite", str(truncated)], ["tflite", str(corrupt)],
+                 ["tflite", str(tmp_path)], ["report", str(tmp_path)],
+                 ["strip", str(saved_mlp), str(tmp_path / "missing" / "out.keras")]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("prunemix: error:") and err.count("\n") == 1, (argv, err)
+    with pytest.raises(ValueError, match="tflite"):
+        prunemix.tflite_report(content[: len(content) // 3])
 
 
 # -- property: shrink never changes a prediction ---------------------------------------------
