@@ -356,8 +356,18 @@ def call_once(model, build_config: dict) -> None:
         })
 
 
+def build_like(copy, like) -> None:
+    """Builds `copy` (made by `from_config`) as `like` was built (its build
+    config), and calls it once, unless it is built already."""
+    if not copy.built:
+        build_config = like.get_build_config() or {}
+        copy.build_from_config(build_config)
+        call_once(copy, build_config)
+
+
 __all__ = [
     "attach_after_build",
+    "build_like",
     "call_once",
     "capture_init_config",
     "first_batch_for_build",
@@ -377,3 +387,19 @@ __all__ = [
     "shared_across_nesting",
     "variable_strategy",
 ]
+
+
+def copies_live_layers(fn):
+    """Decorator for functions that re-create layers from the configs of
+    objects in this process (`clone_model`, `from_config(get_config())`),
+    never from a file. Keras's safe mode guards files against code in them; a
+    `Lambda` built here is the caller's own code, so it copies like any
+    layer. Uses `serialization_lib.SafeModeScope` (private)."""
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with SafeModeScope(False):
+            return fn(*args, **kwargs)
+
+    return wrapper

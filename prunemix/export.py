@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunemix import _keras_compat
+from prunemix import _keras_compat, _validate
 from prunemix.model import FunctionalPrunedModel, PrunedModel
 from prunemix.report import model_weights
 
@@ -48,8 +48,10 @@ def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
         `target`, with the weights of `source`.
 
     Raises:
-        ValueError: naming the paths of `target` that `source` lacks, or
-            whose shapes differ; nothing is copied then.
+        TypeError: if `source` or `target` is not a `keras.Model`.
+        ValueError: if either model is not built, or naming the paths of
+            `target` that `source` lacks, or whose shapes differ; nothing is
+            copied then.
 
     Example:
 
@@ -62,9 +64,18 @@ def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
         prefix = f"{model.name}/"
         return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
+    for role, model in (("source", source), ("target", target)):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"copy_weights: `{role}` must be a keras.Model. Received: {model!r}")
+        if not model.built or not model.weights:
+            raise ValueError(
+                f"copy_weights: {role} model '{model.name}' has no weights yet (it is not "
+                "built); build it first (call it once on data, or `model.build(shape)`)."
+            )
     values = _masked_values(source)
-    by_path = {path(v, source): v for v in source.weights}
-    wanted = {path(v, target): v for v in target.weights}
+    # The pruners' own variables (masks, step) are state, not weights: never copied.
+    by_path = {path(v, source): v for v in model_weights(source)}
+    wanted = {path(v, target): v for v in model_weights(target)}
     missing = [p for p in wanted if p not in by_path]
     wrong = [f"{p} {tuple(v.shape)} vs {tuple(by_path[p].shape)}"
              for p, v in wanted.items() if p in by_path and v.shape != by_path[p].shape]
@@ -80,6 +91,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
     return target
 
 
+@_keras_compat.copies_live_layers
 def strip_pruning(model: keras.Model) -> keras.Model:
     """Returns a copy of a pruned model with no prunemix state.
 
@@ -106,8 +118,10 @@ def strip_pruning(model: keras.Model) -> keras.Model:
         A `keras.Model` with the same predictions and no pruning state.
 
     Raises:
+        TypeError: if `model` is not a `keras.Model`.
         ValueError: if a subclassed model cannot be recreated from its config.
     """
+    _validate.keras_model(model, "strip_pruning")
     if not isinstance(model, PrunedModel):
         return model
     masked = _masked_values(model)
@@ -145,6 +159,50 @@ def strip_pruning(model: keras.Model) -> keras.Model:
     for dst, src in zip(target, source, strict=False):
         dst.assign(masked.get(id(src), src))
     return stripped
+
+
+_HALF = ("float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+
+
+def _float32_copy(model: keras.Model) -> keras.Model:
+    """`model`, or a copy computing in float32 when a layer computes in
+    float16/bfloat16 (`mixed_float16` training): LiteRT's builtin kernels
+    take no float16 compute ops (its float16 path stores the weights of a
+    float32 model). The copy is made from the model's config with every
+    dtype policy float32, and holds the same weights, cast."""
+    layers = [model, *_keras_compat.nested_layers(model)]
+    if not any(getattr(layer, "compute_dtype", "float32") in _HALF for layer in layers):
+        return model
+
+    def float32(config):
+        if isinstance(config, dict):
+            if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and \
+                    isinstance(config.get("config"), dict):
+                return {**config, "config": {**config["config"], "name": "float32"}}
+            return {k: "float32" if k == "dtype" and v in _HALF else float32(v)
+                    for k, v in config.items()}
+        return [float32(v) for v in config] if isinstance(config, list) else config
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = type(model).from_config(float32(model.get_config()))
+        _keras_compat.build_like(copy, model)
+    except Exception as error:
+        raise ValueError(
+            f"to_tflite: model '{model.name}' computes in float16 (a mixed-precision "
+            "policy), which LiteRT's kernels do not run, and a float32 copy cannot be made "
+            f"from its config ({type(error).__name__}: {error}). Rebuild it under the "
+            "float32 policy and copy the weights in (`prunemix.copy_weights`)."
+        ) from error
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if [tuple(v.shape) for v in copy.weights] != [tuple(v.shape) for v in model.weights]:
+        raise ValueError(f"to_tflite: the float32 copy of model '{model.name}' has other "
+                         "weights than the model; its config does not describe it.")
+    for target, source in zip(copy.weights, model.weights, strict=True):
+        target.assign(keras.ops.cast(source, target.dtype))
+    return copy
 
 
 def to_tflite(
@@ -192,7 +250,7 @@ def to_tflite(
         raise ValueError(f"`quantize` must be None or 'int8'. Received: quantize={quantize!r}")
     if representative_dataset is not None and quantize != "int8":
         raise ValueError("`representative_dataset` needs `quantize='int8'`.")
-    model = strip_pruning(model)
+    model = _float32_copy(strip_pruning(model))
     with tempfile.TemporaryDirectory() as directory:
         model.export(directory, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)

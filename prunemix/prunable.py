@@ -267,9 +267,11 @@ def register_prunable(cls: type, *weight_names: str, pattern: Any = None) -> typ
     For classes from another library (keras_hub, your colleague's package)
     that you cannot decorate or subclass: every instance of `cls` (and its
     subclasses) is prunable in the named weights, as if it used
-    `PrunableMixin`. Registering a class again replaces its names. Checked
-    before the built-in registry, so it can also change what a built-in
-    layer prunes.
+    `PrunableMixin`. Registering a class again replaces its names. The most
+    specific declaration wins: a registration overrides what a base class
+    declares and the built-in registry (so it can change what a built-in
+    layer prunes), and a subclass that declares its own weights
+    (`@prunable`, `PrunableMixin`) keeps them.
 
     Args:
         cls: a `keras.layers.Layer` subclass.
@@ -312,12 +314,29 @@ def register_prunable(cls: type, *weight_names: str, pattern: Any = None) -> typ
     return cls
 
 
+def _registration(layer):
+    """`(names, pattern)` from `register_prunable` when a registered class is
+    the most specific declaration in `type(layer)`'s MRO, else None: a class
+    that declares its own weights (`@prunable`, `PrunableMixin`,
+    `get_prunable_weights`) below a registered base keeps its declaration;
+    registering a subclass overrides its bases'."""
+    registered = {cls: (names, pattern) for cls, names, pattern in _REGISTERED}
+    for cls in type(layer).__mro__:
+        if cls in registered:
+            return registered[cls]
+        if cls is not PrunableMixin and (
+            "get_prunable_weights" in vars(cls) or "prunable_weights" in vars(cls)
+        ):
+            return None
+    return None
+
+
 def default_pattern_of(layer):
     """The layer's class default pattern (`@prunable(pattern=)`, the mixin's
     `pruning_pattern`, or `register_prunable(pattern=)`), or None."""
-    for cls, _, pattern in _REGISTERED:
-        if isinstance(layer, cls) and pattern is not None:
-            return pattern
+    registered = _registration(layer)
+    if registered is not None and registered[1] is not None:
+        return registered[1]
     return getattr(layer, "pruning_pattern", None)
 
 
@@ -349,9 +368,9 @@ def prunable_weights_of(layer) -> list:
     Raises:
         ValueError: if a declared weight is missing or not a float variable.
     """
-    for cls, names, _ in _REGISTERED:
-        if isinstance(layer, cls):
-            return [_check_weight(layer, name, _resolve(layer, name)) for name in names]
+    registered = _registration(layer)
+    if registered is not None:
+        return [_check_weight(layer, name, _resolve(layer, name)) for name in registered[0]]
     if hasattr(layer, "get_prunable_weights"):
         weights = list(layer.get_prunable_weights())
         for i, weight in enumerate(weights):

@@ -44,7 +44,7 @@ def _functional_copy(model: keras.Model):
         for layer in clone.layers:
             outputs = layer(outputs)
         return inputs, outputs
-    return clone.inputs, clone.outputs
+    return _keras_compat.graph_structs(clone)
 
 
 def _plain_graph(model) -> bool:
@@ -62,10 +62,7 @@ def _class_copy(model: keras.Model, name: str | None) -> PrunedModel:
     try:
         with deferred_pruning():
             copy = cls.from_config(config)
-        if not copy.built:
-            build_config = model.get_build_config() or {}
-            copy.build_from_config(build_config)
-            _keras_compat.call_once(copy, build_config)
+        _keras_compat.build_like(copy, model)
     except Exception as error:
         raise ValueError(
             f"prune_model cannot copy model '{model.name}': "
@@ -88,6 +85,7 @@ def _class_copy(model: keras.Model, name: str | None) -> PrunedModel:
     return copy
 
 
+@_keras_compat.copies_live_layers
 def prune_model(
     model: keras.Model,
     pruning_schedule: Any,

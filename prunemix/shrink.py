@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from prunemix import _keras_compat
+from prunemix import _keras_compat, _validate
 from prunemix.export import strip_pruning
 from prunemix.graph import ChannelGraph, weight_value
 
@@ -60,6 +60,7 @@ def _folds(graph: ChannelGraph, removed: np.ndarray, values: dict) -> dict:
     return deltas
 
 
+@_keras_compat.copies_live_layers
 def shrink(model: keras.Model) -> keras.Model:
     """Returns a smaller plain model without the channels pruning removed.
 
@@ -87,6 +88,7 @@ def shrink(model: keras.Model) -> keras.Model:
         untouched.
 
     Raises:
+        TypeError: if `model` is not a `keras.Model` (a path, a layer, None).
         ValueError: if `model` is subclassed or not built.
 
     Example:
@@ -99,7 +101,8 @@ def shrink(model: keras.Model) -> keras.Model:
     small = prunemix.shrink(pruned)      # half the channels, same predictions
     ```
     """
-    if not getattr(model, "built", False):
+    _validate.keras_model(model, "shrink")
+    if not model.built:
         raise ValueError(f"shrink: model '{model.name}' is not built.")
     stripped = strip_pruning(model) if getattr(model, "pruner", None) is not None else model
     graph = ChannelGraph(stripped)
@@ -118,7 +121,7 @@ def shrink(model: keras.Model) -> keras.Model:
         return type(layer).from_config(_new_config(layer, layer.get_config(), kept, old))
 
     small = keras.models.clone_model(functional, clone_function=clone)
-    small = keras.Model(small.inputs, small.outputs, name=f"{stripped.name}_shrunk")
+    small = keras.Model(*_keras_compat.graph_structs(small), name=f"{stripped.name}_shrunk")
     deltas = _folds(graph, removed, values)
     for old, new in zip(functional.layers, small.layers, strict=True):
         for variable, target in zip(old.weights, new.weights, strict=True):

@@ -6,6 +6,7 @@ Each test names the defect it pins down; see CHANGELOG.md (Fixed).
 
 import io
 import json
+import sys
 import warnings
 import zipfile
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 import prunemix
 from prunemix import __main__ as cli
+from prunemix.prunable import prunable_weights_of
 
 L = keras.layers
 X8 = np.random.default_rng(0).normal(size=(4, 8)).astype("float32")
@@ -168,6 +170,48 @@ def test_channel_groups_ranks_by_the_rules_score():
 
     assert pruned_units(None) == {5, 6, 7, 8, 9}
     assert pruned_units(lambda p: 1.0 / (keras.ops.abs(p.weight) + 1e-3)) == {0, 1, 2, 3, 4}
+
+
+# -- 6: the most specific declaration wins --------------------------------------------------
+
+def test_a_subclass_keeps_its_own_declaration_after_a_base_is_registered(monkeypatch):
+    monkeypatch.setattr(sys.modules["prunemix.prunable"], "_REGISTERED", [])
+
+    @prunemix.prunable("kernel", "gate")
+    class GatedDense(L.Dense):
+        def build(self, input_shape):
+            super().build(input_shape)
+            self.gate = self.add_weight(shape=(input_shape[-1], self.units), name="gate")
+
+    prunemix.register_prunable(L.Dense, "bias")
+    gated, plain = GatedDense(4), L.Dense(4)
+    gated.build((None, 3))
+    plain.build((None, 3))
+    assert [w.name for w in prunable_weights_of(gated)] == ["kernel", "gate"]
+    assert [w.name for w in prunable_weights_of(plain)] == ["bias"]
+
+    class Registered(GatedDense):
+        pass
+
+    prunemix.register_prunable(Registered, "gate")
+    layer = Registered(4)
+    layer.build((None, 3))
+    assert [w.name for w in prunable_weights_of(layer)] == ["gate"]
+
+
+# -- 7: dict outputs stay dicts ------------------------------------------------------------
+
+def test_dict_outputs_keep_their_structure_through_prune_strip_and_shrink():
+    i = keras.Input((8,))
+    h = L.Dense(16, activation="relu", name="h")(i)
+    model = keras.Model(i, {"score": L.Dense(1, name="s")(h), "alpha": L.Dense(3, name="a")(h)})
+    zero_units(model.get_layer("h"), [0, 5])
+    pruned = prunemix.prune_model(model, prunemix.ConstantSparsity(0.5, 0))
+    for copy in (pruned, prunemix.strip_pruning(pruned), prunemix.shrink(model)):
+        out = copy.predict(X8, verbose=0)
+        assert isinstance(out, dict) and set(out) == {"score", "alpha"}
+        assert out["score"].shape == (4, 1) and out["alpha"].shape == (4, 3)
+    assert_same_predictions(prunemix.shrink(model), model, X8)
 
 
 # -- 8: sparse int8 on LiteRT ---------------------------------------------------------------
@@ -327,6 +371,23 @@ def test_channel_groups_of_a_gpt2_task_ends_at_the_tied_embedding():
     assert any("ReversibleEmbedding overrides" in reason for reason in graph.ended_by.values())
 
 
+# -- 13: mixed precision to LiteRT ----------------------------------------------------------
+
+def test_to_tflite_of_a_mixed_float16_model_runs_in_float32():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        i = keras.Input((8,))
+        model = keras.Model(i, L.Dense(2, dtype="float32")(L.Dense(16, activation="relu")(i)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    runner = prunemix.make_interpreter(prunemix.to_tflite(model)).get_signature_runner()
+    (out,) = runner(**{next(iter(runner.get_input_details())): X8}).values()
+    want = model.predict(X8, verbose=0)
+    assert out.dtype == np.float32
+    assert np.abs(out - want).max() <= 1e-2 * np.abs(want).max()  # float16 compute in Keras
+
+
 # -- 14: the CLI answers in one line, exit 2 ------------------------------------------------
 
 def test_cli_bad_files_and_folders_exit_2_with_one_line(saved_mlp, tmp_path, capsys):
@@ -343,6 +404,54 @@ def test_cli_bad_files_and_folders_exit_2_with_one_line(saved_mlp, tmp_path, cap
         assert err.startswith("prunemix: error:") and err.count("\n") == 1, (argv, err)
     with pytest.raises(ValueError, match="tflite"):
         prunemix.tflite_report(content[: len(content) // 3])
+
+
+# -- 17: copy_weights ---------------------------------------------------------------------
+
+def test_copy_weights_copies_weights_only_and_refuses_an_unbuilt_target():
+    def mlp():
+        i = keras.Input((8,))
+        return keras.Model(i, L.Dense(2, name="o")(L.Dense(16, name="h")(i)))
+
+    source = mlp()
+    with pytest.raises(ValueError, match="not built"):
+        prunemix.copy_weights(source, keras.Sequential([L.Dense(16, name="h")]))
+    with pytest.raises(TypeError, match="Received"):
+        prunemix.copy_weights(source, None)
+    keras.utils.set_random_seed(1)
+    target = prunemix.prune_model(mlp(), prunemix.ConstantSparsity(0.5, 0, frequency=1))
+    target.pruner.update_masks(step=1)
+    masks = [p.mask.numpy().copy() for p in target.pruner.pruned_weights]
+    prunemix.copy_weights(source, target)  # plain -> PrunedModel
+    np.testing.assert_array_equal(target.get_layer("h").kernel.numpy(),
+                                  source.get_layer("h").kernel.numpy())
+    other = prunemix.prune_model(mlp(), prunemix.ConstantSparsity(0.5, 0))
+    prunemix.copy_weights(target, other)  # PrunedModel -> PrunedModel: no masks, no step
+    assert other.pruner.pruning_step.numpy() == 0
+    assert all(p.mask.numpy().all() for p in other.pruner.pruned_weights)
+    for p, mask in zip(target.pruner.pruned_weights, masks, strict=True):
+        np.testing.assert_array_equal(p.mask.numpy(), mask)
+
+
+# -- 18, 19: Lambda layers; what shrink takes ----------------------------------------------
+
+def test_models_with_a_lambda_prune_strip_and_shrink():
+    i = keras.Input((8,))
+    h = L.Lambda(lambda t: t * 2.0)(L.Dense(8, name="a")(i))
+    model = keras.Model(i, L.Dense(2)(L.Dense(6, name="b")(h)))
+    zero_units(model.get_layer("b"), [1])
+    small = prunemix.shrink(model)
+    assert_same_predictions(small, model, X8)
+    assert small.get_layer("b").units == 5
+    pruned = prunemix.prune_model(model, prunemix.ConstantSparsity(0.5, 0))
+    assert_same_predictions(prunemix.strip_pruning(pruned), model, X8)
+
+
+@pytest.mark.parametrize("value, hint", [(None, ""), ("x.keras", "load_model"),
+                                         (L.Dense(2), "build a model")])
+def test_shrink_takes_a_model_only(value, hint):
+    with pytest.raises(TypeError, match=f"shrink takes a keras.Model. Received: .*{hint}"):
+        prunemix.shrink(value)
 
 
 # -- property: shrink never changes a prediction ---------------------------------------------
