@@ -11,7 +11,13 @@ difference between the masked and the shrunk model (relative to the largest
 logit) is printed too.
 
     python bench/shrink.py                  # MobileNetV2 and ResNet50 (several minutes)
+    python bench/shrink.py --models Transformer   # heads and FFN units (Keras layers)
     python bench/shrink.py --quick          # smoke run
+
+`Transformer` is 6 blocks of Keras `MultiHeadAttention` (8 heads of 64) and
+a feed-forward of 2048 over a 512-wide residual stream (post-LayerNorm),
+sequence 128, float inputs: half its heads and half its feed-forward units
+are removed (the residual width is tied to LayerNorm and stays).
 """
 
 from __future__ import annotations
@@ -32,18 +38,38 @@ import tensorflow as tf  # noqa: E402
 
 import prunemix  # noqa: E402
 
+
+def transformer(blocks=6, width=512, heads=8, ffn=2048, sequence=128, classes=10):
+    """A post-LayerNorm Transformer encoder of Keras layers, random weights."""
+    x = inputs = keras.Input((sequence, width))
+    for _ in range(blocks):
+        attended = keras.layers.MultiHeadAttention(heads, width // heads)(x, x)
+        x = keras.layers.LayerNormalization()(keras.layers.Add()([x, attended]))
+        hidden = keras.layers.Dense(ffn, activation="gelu")(x)
+        x = keras.layers.LayerNormalization()(
+            keras.layers.Add()([x, keras.layers.Dense(width)(hidden)]))
+    pooled = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes)(pooled), name="transformer")
+
+
+def _application(cls):
+    return lambda size: cls(input_shape=(size, size, 3), weights=None,
+                            classifier_activation=None)
+
+
 MODELS = {
-    "MobileNetV2": keras.applications.MobileNetV2,
-    "ResNet50": keras.applications.ResNet50,
-    "MobileNet": keras.applications.MobileNet,
-    "EfficientNetB0": keras.applications.EfficientNetB0,
-    "DenseNet121": keras.applications.DenseNet121,
+    "MobileNetV2": _application(keras.applications.MobileNetV2),
+    "ResNet50": _application(keras.applications.ResNet50),
+    "MobileNet": _application(keras.applications.MobileNet),
+    "EfficientNetB0": _application(keras.applications.EfficientNetB0),
+    "DenseNet121": _application(keras.applications.DenseNet121),
+    "Transformer": lambda size: transformer(),
 }
 
 
 def shrunk_pair(name: str, size: int, sparsity: float):
-    """`(dense, masked, shrunk)` for one application with random weights."""
-    dense = MODELS[name](input_shape=(size, size, 3), weights=None, classifier_activation=None)
+    """`(dense, masked, shrunk)` for one model with random weights."""
+    dense = MODELS[name](size)
     masked = prunemix.prune_model(
         dense, prunemix.ConstantSparsity(sparsity, 0, frequency=1),
         pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())],
@@ -100,7 +126,7 @@ def main(argv=None) -> list:
     if args.quick:
         args.models, args.size, args.batch, args.rounds = args.models[:1], 32, 2, 1
     rows = []
-    print(f"1 thread, {args.size}x{args.size} inputs, {args.sparsity:.0%} of channels, "
+    print(f"1 thread, {args.size}x{args.size} images, {args.sparsity:.0%} of channels, "
           f"median of {args.rounds} interleaved rounds")
     print("| model | params dense | shrunk | ratio | without the 1000-class head | max rel. diff "
           f"| TF b1 | TF b{args.batch} | LiteRT b1 |")
@@ -108,8 +134,10 @@ def main(argv=None) -> list:
     rng = np.random.default_rng(0)
     for name in args.models:
         dense, masked, small = shrunk_pair(name, args.size, args.sparsity)
-        x1 = rng.random((1, args.size, args.size, 3)).astype("float32") * 255
-        xb = rng.random((args.batch, args.size, args.size, 3)).astype("float32") * 255
+        shape = tuple(dense.inputs[0].shape[1:])
+        scale = 255 if len(shape) == 3 else 1  # pixels, or embeddings
+        x1 = rng.random((1, *shape)).astype("float32") * scale
+        xb = rng.random((args.batch, *shape)).astype("float32") * scale
         want = masked.predict(xb, verbose=0)
         diff = float(np.abs(small.predict(xb, verbose=0) - want).max() / np.abs(want).max())
         pair = {"dense": dense, "shrunk": small}

@@ -356,6 +356,14 @@ def call_once(model, build_config: dict) -> None:
         })
 
 
+def attention_projections(layer) -> tuple:
+    """`(query, key, value, output)`: the EinsumDense sublayers of a built
+    Keras `MultiHeadAttention` (`_query_dense`, `_key_dense`, `_value_dense`,
+    `_output_dense`). Their kernels are `(width, heads, head_dim)`, and
+    `(heads, head_dim, *output)` for the output projection."""
+    return layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense
+
+
 def build_like(copy, like) -> None:
     """Builds `copy` (made by `from_config`) as `like` was built (its build
     config), and calls it once, unless it is built already."""
@@ -367,6 +375,7 @@ def build_like(copy, like) -> None:
 
 __all__ = [
     "attach_after_build",
+    "attention_projections",
     "build_like",
     "call_once",
     "capture_init_config",

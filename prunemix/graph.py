@@ -15,9 +15,14 @@ in it goes at once. A *group* is the set of classes that share a tensor or a
 weight axis (a layer's output channels; all channels that meet in a residual
 `Add`; a `Concatenate`'s inputs): one importance ranking, one exact count.
 
+A Keras `MultiHeadAttention` keeps its input and output width, and its heads
+are a group of their own: a head is its slices of the query, key and value
+projections and its rows of the output projection.
+
 Safety: model inputs and outputs, and every tensor touching a layer this
-module does not understand (attention, RNNs, nested models, custom layers,
-`LayerNormalization`, which normalizes over the channels) are *blocked*:
+module does not understand (other attention layers, RNNs, nested models,
+custom layers, `LayerNormalization`, which normalizes over the channels) are
+*blocked*:
 their classes are kept. A class is also kept when removing it would change a
 prediction: a removed channel must carry zero into the layers that read it,
 or a constant a `Dense` (or `"valid"` convolution) can fold into its bias.
@@ -71,6 +76,7 @@ _ELEMENTWISE = frozenset(
 _KNOWN = frozenset({
     L.Dense, L.EinsumDense, L.Embedding, L.BatchNormalization, L.Concatenate, L.Rescaling,
     L.Flatten, L.Reshape, L.LayerNormalization, L.GroupNormalization, L.UnitNormalization,
+    L.MultiHeadAttention,
     *_CONV, *_TRANSPOSED, *_DEPTHWISE, *_SEPARABLE, *_MERGE, *_PASS, *_PAD, *_ACT,
 })
 # Methods that define what a layer computes: a subclass of a known layer
@@ -263,6 +269,8 @@ class ChannelGraph:
                 if variable is not None:
                     role = "mask" if name in ("gamma", "beta") else "slice"
                     self._tie(outs[0], self.weight(layer, variable, 0, role))
+        elif kind == "heads":
+            self._connect_heads(layer, ins, outs, info)
         elif kind == "concat":
             self._tie(np.concatenate([s.elements for s in ins]), outs[0])
         elif kind == "reshape":
@@ -274,6 +282,22 @@ class ChannelGraph:
         if kind != "act" and _mixes(layer):
             self._block(outs[0], f"activation {_act_name(layer)} of layer '{layer.name}' "
                                  "mixes channels")
+
+    def _connect_heads(self, layer, ins, outs, info) -> None:
+        """MultiHeadAttention: its inputs and output keep their width (the
+        residual stream); its heads are one group. A head is the head's
+        slices of the query, key and value kernels and biases and its rows
+        of the output projection."""
+        for space in [*ins, *outs]:
+            self._block(space, f"next to layer '{layer.name}' (attention keeps its input "
+                               "and output width; its heads are a group of their own)")
+        query, key, value, output = _keras_compat.attention_projections(layer)
+        head = self.weight(output, builtin_variable(output, "kernel"), 0)
+        for proj in (query, key, value):
+            self._tie(head, self.weight(proj, builtin_variable(proj, "kernel"), 1))
+            if proj.bias is not None:
+                self._tie(head, self.weight(proj, proj.bias, 0))
+        info.update(heads=head, value=value, output=output)
 
     def _classify(self, layer, ins, outs):
         """`(kind, info)` for one layer call; kind "end" blocks its channels."""
@@ -349,6 +373,8 @@ class ChannelGraph:
             if outs[0].size % ins[0].size == 0:  # row-major: channel = index % C
                 return "reshape", None
             return "end", "reshapes the channel axis"
+        if isinstance(layer, L.MultiHeadAttention):
+            return "heads", {}
         if isinstance(layer, L.LayerNormalization | L.GroupNormalization | L.UnitNormalization):
             return "end", "normalizes over the channels"
         return "end", "layer type not understood"
@@ -426,6 +452,10 @@ class ChannelGraph:
         values = self.constants(value_of) if values is None else values
         bad = set(self.blocked)
         for kind, layer, ins, _, info in self.nodes:
+            if kind == "heads":
+                keep = ~self._silent_heads(info, value_of)
+                bad.update(int(c) for c in self.element_class[info["heads"].elements[keep]])
+                continue
             if kind not in ("kernel", "separable") or (kind == "kernel" and
                                                        info["weights"][1] is None):
                 continue
@@ -438,6 +468,19 @@ class ChannelGraph:
                 ok = (v == 0) | (np.isfinite(v) & self.folds(layer, info))
             bad.update(int(c) for c in self.element_class[self.tensor(ins[0]).elements[~ok]])
         return {int(c) for c in np.unique(self.element_class)} - bad
+
+    @staticmethod
+    def _silent_heads(info, value_of) -> np.ndarray:
+        """Heads that add nothing to the attention's output: their value
+        projection (kernel and bias) or their output rows are all zero."""
+        n = info["heads"].size
+        value, output = info["value"], info["output"]
+        silent_value = ~np.moveaxis(value_of(builtin_variable(value, "kernel")), 1, 0) \
+            .reshape(n, -1).any(axis=1)
+        if value.bias is not None:
+            silent_value &= ~value_of(value.bias).reshape(n, -1).any(axis=1)
+        silent_output = ~value_of(builtin_variable(output, "kernel")).reshape(n, -1).any(axis=1)
+        return silent_value | silent_output
 
     def folds(self, layer, info) -> bool:
         """Whether a layer reading a removed channel's constant can fold it
@@ -457,6 +500,8 @@ class ChannelGraph:
             vin = [values[id(t)] for t in ins]
             if kind == "reshape":
                 out = vin[0][np.arange(self.tensor(outs[0]).size) % len(vin[0])]
+            elif kind == "heads":
+                out = np.full(self.tensor(outs[0]).size, np.nan)
             else:
                 out = self._value(kind, layer, vin, info, value_of)
             values[id(outs[0])] = out

@@ -116,9 +116,15 @@ def shrink(model: keras.Model) -> keras.Model:
         space = graph.tensor(outs[0])
         out_channels.setdefault(id(layer), (space.size - len(gone[id(space)]), space.size))
 
+    heads = {id(layer): layer.num_heads - len(gone[id(info["heads"])])
+             for kind, layer, _, _, info in graph.nodes if kind == "heads"}
+
     def clone(layer):
         kept, old = out_channels.get(id(layer), (None, None))
-        return type(layer).from_config(_new_config(layer, layer.get_config(), kept, old))
+        config = _new_config(layer, layer.get_config(), kept, old)
+        if id(layer) in heads:
+            config = {**config, "num_heads": heads[id(layer)]}
+        return type(layer).from_config(config)
 
     small = keras.models.clone_model(functional, clone_function=clone)
     small = keras.Model(*_keras_compat.graph_structs(small), name=f"{stripped.name}_shrunk")

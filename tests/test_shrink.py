@@ -53,18 +53,22 @@ def test_groups_follow_the_graph_not_the_layers():
     assert "4 groups" in text and "10 channels" in text
 
 
-def test_unknown_layers_and_layer_norm_end_groups_and_are_named():
+def transformer_block(heads=2):
     x = keras.Input((6, 16))
-    a = keras.layers.MultiHeadAttention(2, 8, name="mha")(x, x)
+    a = keras.layers.MultiHeadAttention(heads, 8, name="mha")(x, x)
     a = keras.layers.LayerNormalization(name="ln")(keras.layers.Add()([x, a]))
     h = keras.layers.Dense(32, activation="gelu", name="ffn_in")(a)
     y = keras.layers.Dense(16, name="ffn_out")(h)
-    model = keras.Model(x, keras.layers.Add()([a, y]))
+    return keras.Model(x, keras.layers.Add()([a, y]))
+
+
+def test_layer_norm_ends_groups_and_attention_heads_and_ffn_units_are_free():
+    model = transformer_block()
     graph = prunemix.channel_groups(model)
-    assert "layer type not understood" in graph.ended_by["mha"]
+    assert "mha" not in graph.ended_by
     assert "normalizes over the channels" in graph.ended_by["ln"]
     free = [g for g in graph.groups if not any(c in graph.blocked for c in g)]
-    assert [len(g) for g in free] == [32]  # only the FFN hidden units
+    assert [len(g) for g in free] == [2, 32]  # the heads and the FFN hidden units
     ffn = model.get_layer("ffn_in")
     kernel, bias = np.asarray(ffn.kernel), np.asarray(ffn.bias) + 0.1
     kernel[:, ::2], bias[::2] = 0.0, 0.0  # half the hidden units, by hand
@@ -75,6 +79,47 @@ def test_unknown_layers_and_layer_norm_end_groups_and_are_named():
     assert small.get_layer("ffn_out").kernel.shape[0] == 16
     data = RNG.random((3, 6, 16)).astype("float32")
     np.testing.assert_allclose(small(data), model(data), atol=1e-5)
+
+
+@pytest.mark.parametrize("silence", ["value", "output"])
+def test_silent_attention_heads_are_removed_exactly(silence, tmp_path):
+    model = transformer_block(heads=4)
+    mha = model.get_layer("mha")
+    if silence == "value":  # heads 1 and 3 project no value
+        for variable in (mha._value_dense.kernel, mha._value_dense.bias):
+            value = np.asarray(variable)
+            value[(slice(None),) * (value.ndim - 2) + ([1, 3],)] = 0.0
+            variable.assign(value)
+    else:  # heads 1 and 3 have no output rows
+        kernel = np.asarray(mha._output_dense.kernel)
+        kernel[[1, 3]] = 0.0
+        mha._output_dense.kernel.assign(kernel)
+    small = prunemix.shrink(model)
+    assert small.get_layer("mha").num_heads == 2
+    assert small.get_layer("mha")._query_dense.kernel.shape == (16, 2, 8)
+    data = RNG.random((3, 6, 16)).astype("float32")
+    np.testing.assert_allclose(small(data), model(data), atol=1e-5)
+    small.save(tmp_path / "small.keras")  # plain Keras layers: loads without prunemix
+    again = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(again(data), model(data), atol=1e-5)
+
+
+def test_channel_groups_prunes_whole_heads_in_fit_and_shrink_drops_them():
+    model = transformer_block(heads=4)
+    pruned = prunemix.prune_model(
+        model, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.compile("adam", "mse")
+    data = RNG.random((4, 6, 16)).astype("float32")
+    pruned.fit(data, data, epochs=2, batch_size=2, verbose=0)
+    mha = pruned.get_layer("mha")
+    for dense, axis in ((mha._query_dense, 1), (mha._key_dense, 1), (mha._value_dense, 1),
+                        (mha._output_dense, 0)):
+        kernel = np.moveaxis(np.asarray(dense.kernel), axis, 0).reshape(4, -1)
+        assert (~kernel.any(axis=1)).sum() == 2  # exactly half the heads, every slice
+    small = prunemix.shrink(pruned)
+    assert small.get_layer("mha").num_heads == 2 and small.get_layer("ffn_in").units == 16
+    np.testing.assert_allclose(small(data), pruned(data), atol=1e-5)
 
 
 def test_subclassed_model_says_shrinking_needs_a_graph():
