@@ -15,6 +15,7 @@ from prunemix.callbacks import PruningSummaries
 from prunemix.channels import ChannelGroups
 from prunemix.export import copy_weights, strip_pruning, to_tflite
 from prunemix.graph import ChannelGraph, channel_groups
+from prunemix.handlers import register_channel_handler
 from prunemix.litert import (
     TfliteOp,
     TfliteReport,
@@ -93,6 +94,7 @@ __all__ = [
     "prune_oneshot",
     "pruned_class",
     "pruned_count",
+    "register_channel_handler",
     "register_prunable",
     "shrink",
     "shrink_dense",

@@ -35,105 +35,14 @@ import collections
 import keras
 import numpy as np
 
-from prunemix import _keras_compat
-from prunemix.prunable import builtin_variable
+from prunemix import _keras_compat, handlers
 
 __all__ = ["ChannelGraph", "channel_groups", "weight_value"]
-
-L = keras.layers
-_CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
-_TRANSPOSED = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-_DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
-_MERGE = {L.Add: "add", L.Subtract: "subtract", L.Multiply: "multiply",
-          L.Average: "average", L.Maximum: "maximum", L.Minimum: "minimum"}
-# Layers that keep each channel's values (a constant stays that constant).
-_PASS = tuple(getattr(L, n) for n in (
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-    "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-    "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Cropping1D",
-    "Cropping2D", "Cropping3D", "RepeatVector",
-) if hasattr(L, n))
-_PAD = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
-_ACT = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
-# The one table of activations that act on each channel alone (a removed
-# channel's constant stays a constant of that channel). Any other activation
-# (softmax, log_softmax, sparsemax, glu, a function of your own) mixes
-# channels: the layer's outputs are kept whole.
-_ELEMENTWISE = frozenset(
-    keras.activations.get(name) for name in (
-        "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu",
-        "swish", "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "tanh", "hard_tanh",
-        "softplus", "softsign", "exponential", "mish", "log_sigmoid", "sparse_plus",
-        "squareplus", "tanh_shrink", "hard_shrink", "soft_shrink", "sparse_sigmoid",
-        "threshold",
-    ) if hasattr(keras.activations, name)
-)
-# Every class `_classify` knows; a subclass is analysed as the nearest one.
-_KNOWN = frozenset({
-    L.Dense, L.EinsumDense, L.Embedding, L.BatchNormalization, L.Concatenate, L.Rescaling,
-    L.Flatten, L.Reshape, L.LayerNormalization, L.GroupNormalization, L.UnitNormalization,
-    L.MultiHeadAttention,
-    *_CONV, *_TRANSPOSED, *_DEPTHWISE, *_SEPARABLE, *_MERGE, *_PASS, *_PAD, *_ACT,
-})
-# Methods that define what a layer computes: a subclass of a known layer
-# that overrides one of them computes something prunemix does not know.
-_BEHAVIOUR = ("call", "__call__", "convolution_op", "quantized_call")
-
-
-def _channels_last(layer) -> bool:
-    return getattr(layer, "data_format", "channels_last") == "channels_last"
-
-
-def _act_name(layer) -> str:
-    fn = getattr(layer, "activation", None)
-    return getattr(fn, "__name__", str(fn))
-
-
-def _mixes(layer) -> bool:
-    """Whether the layer's `activation` (if it has one) mixes channels."""
-    fn = getattr(layer, "activation", None)
-    return fn is not None and fn not in _ELEMENTWISE
-
-
-def _own_behaviour(layer) -> str | None:
-    """Why `layer` is not analysed as the known class it derives from (a
-    class between them overrides a method of `_BEHAVIOUR`), or None."""
-    mro = type(layer).__mro__
-    known = next((i for i, cls in enumerate(mro) if cls in _KNOWN), 0)
-    for cls in mro[:known]:
-        overridden = [m for m in _BEHAVIOUR if m in vars(cls)]
-        if overridden:
-            return f"{cls.__name__} overrides `{overridden[0]}`"
-    return None
-
-
-def _apply(fn, values: np.ndarray) -> np.ndarray:
-    """An element-wise function of constants; NaN (not constant) stays NaN."""
-    nan = np.isnan(values)
-    out = keras.ops.convert_to_numpy(fn(np.where(nan, 0.0, values)[None].astype("float32")))
-    return np.where(nan, np.nan, np.asarray(out, "float64").reshape(-1))
 
 
 def weight_value(variable) -> np.ndarray:
     """A weight's value as a float64 numpy array (what the analysis reads)."""
     return np.asarray(keras.ops.convert_to_numpy(variable), "float64")
-
-
-def _einsum_axes(layer):
-    """`(in_axis, out_axis, bias_axis)` of an EinsumDense kernel, or None when
-    its equation does not map the input's last axis to one kernel axis and the
-    kernel's to the output's last axis."""
-    inputs, rest = layer.equation.split(",")
-    kernel, output = rest.split("->")
-    i, o = inputs[-1], output[-1]
-    if i not in kernel or i in output or o not in kernel or o in inputs or "." in inputs:
-        return None
-    bias = getattr(layer, "bias_axes", None) or ""
-    return kernel.index(i), kernel.index(o), (bias.index(o) if o in bias else None)
 
 
 class _Space:
@@ -182,14 +91,14 @@ class ChannelGraph:
         self._edges: list = []
         self._blocked: list = []
         self.ended_by: dict = {}
-        self.nodes: list = []  # (kind, layer, input tensors, output tensors, info)
+        self.nodes: list = []  # (handler, layer, input tensors, output tensors, info)
         inputs, outputs, nodes = graph
         for tensor in inputs:
-            self._block(self.tensor(tensor), "a model input")
+            self.block(self.tensor(tensor), "a model input")
         for kind_layer in nodes:
             self._connect(*kind_layer)
         for tensor in outputs:
-            self._block(self.tensor(tensor), "a model output")
+            self.block(self.tensor(tensor), "a model output")
         self._calls = collections.Counter(id(node[1]) for node in self.nodes)
         self._solve()
 
@@ -217,167 +126,49 @@ class ChannelGraph:
                                            variable.shape[axis], role)
         return self._weights[key]
 
-    def _tie(self, a, b) -> None:
+    def tie(self, a, b) -> None:
+        """Ties two spaces (or element arrays) element by element: each pair
+        is one channel."""
         a = a.elements if isinstance(a, _Space) else np.asarray(a)
         b = b.elements if isinstance(b, _Space) else np.asarray(b)
         if a.shape != b.shape:
             raise AssertionError(f"prunemix.graph: tying {a.shape} to {b.shape}")
         self._edges.append((a, b))
 
-    def _block(self, space, reason: str) -> None:
+    def block(self, space, reason: str) -> None:
+        """Keeps every class of `space` whole, for `reason`."""
         if space.size:
             self._blocked.append((space.elements, reason))
 
     def _end(self, layer, ins, outs, reason: str) -> None:
         self.ended_by.setdefault(layer.name, f"{type(layer).__name__}: {reason}")
         for space in [*ins, *outs]:
-            self._block(space, f"next to layer '{layer.name}' ({reason})")
+            self.block(space, f"next to layer '{layer.name}' ({reason})")
 
     def _connect(self, layer, in_tensors, out_tensors) -> None:
         ins = [self.tensor(t) for t in in_tensors]
         outs = [self.tensor(t) for t in out_tensors]
-        kind, info = self._classify(layer, ins, outs)
-        if kind == "end":
+        handler, info = self._classify(layer, ins, outs)
+        if handler is None:
             self._end(layer, ins, outs, info)
             return
-        self.nodes.append((kind, layer, in_tensors, out_tensors, info))
-        if kind == "kernel":
-            kernel, in_axis, out_axis, bias, bias_axis = info["weights"]
-            if in_axis is not None:
-                self._tie(ins[0], self.weight(layer, kernel, in_axis))
-            self._tie(outs[0], self.weight(layer, kernel, out_axis))
-            if bias is not None:
-                self._tie(outs[0], self.weight(layer, bias, bias_axis))
-        elif kind == "depthwise":
-            m = info["multiplier"]
-            kernel_space = self.weight(layer, info["kernel"], -2)
-            self._tie(ins[0], kernel_space)
-            self._tie(np.repeat(ins[0].elements, m), outs[0])
-            if info["bias"] is not None:
-                self._tie(outs[0], self.weight(layer, info["bias"], 0))
-        elif kind == "separable":
-            m = info["multiplier"]
-            self._tie(ins[0], self.weight(layer, info["depthwise"], -2))
-            self._tie(np.repeat(ins[0].elements, m), self.weight(layer, info["pointwise"], -2))
-            self._tie(outs[0], self.weight(layer, info["pointwise"], -1))
-            if info["bias"] is not None:
-                self._tie(outs[0], self.weight(layer, info["bias"], 0))
-        elif kind == "bn":
-            self._tie(ins[0], outs[0])
-            for name in ("gamma", "beta", "moving_mean", "moving_variance"):
-                variable = getattr(layer, name, None)
-                if variable is not None:
-                    role = "mask" if name in ("gamma", "beta") else "slice"
-                    self._tie(outs[0], self.weight(layer, variable, 0, role))
-        elif kind == "heads":
-            self._connect_heads(layer, ins, outs, info)
-        elif kind == "concat":
-            self._tie(np.concatenate([s.elements for s in ins]), outs[0])
-        elif kind == "reshape":
-            c = ins[0].size
-            self._tie(ins[0].elements[np.arange(outs[0].size) % c], outs[0])
-        else:  # merge, pass, pad, act, rescale: channel c in, channel c out
-            for space in ins:
-                self._tie(space, outs[0])
-        if kind != "act" and _mixes(layer):
-            self._block(outs[0], f"activation {_act_name(layer)} of layer '{layer.name}' "
-                                 "mixes channels")
-
-    def _connect_heads(self, layer, ins, outs, info) -> None:
-        """MultiHeadAttention: its inputs and output keep their width (the
-        residual stream); its heads are one group. A head is the head's
-        slices of the query, key and value kernels and biases and its rows
-        of the output projection."""
-        for space in [*ins, *outs]:
-            self._block(space, f"next to layer '{layer.name}' (attention keeps its input "
-                               "and output width; its heads are a group of their own)")
-        query, key, value, output = _keras_compat.attention_projections(layer)
-        head = self.weight(output, builtin_variable(output, "kernel"), 0)
-        for proj in (query, key, value):
-            self._tie(head, self.weight(proj, builtin_variable(proj, "kernel"), 1))
-            if proj.bias is not None:
-                self._tie(head, self.weight(proj, proj.bias, 0))
-        info.update(heads=head, value=value, output=output)
+        self.nodes.append((handler, layer, in_tensors, out_tensors, info))
+        handler.connect(self, layer, ins, outs, info)
+        if not isinstance(handler, handlers.Activation) and handlers.mixes(layer):
+            self.block(outs[0], f"activation {handlers.act_name(layer)} of layer "
+                                f"'{layer.name}' mixes channels")
 
     def _classify(self, layer, ins, outs):
-        """`(kind, info)` for one layer call; kind "end" blocks its channels."""
+        """`(handler, info)` for one layer call, or `(None, why it ends its groups)`."""
         if len(outs) != 1 or any(not s.size for s in [*ins, *outs]):
-            return "end", "not a single channels-last output"
-        if not _channels_last(layer):
-            return "end", "channels_first"
-        own = _own_behaviour(layer)
-        if own is not None:
-            return "end", f"{own}: prunemix does not know what it computes"
-        if getattr(layer, "lora_enabled", False):
-            return "end", "LoRA adapters (lora_kernel_a/b) are not analysed; merge them first"
-        if getattr(layer, "quantization_mode", None) is not None:
-            return "end", f"quantized ({layer.quantization_mode}) weights are not analysed"
-        one = len(ins) == 1
-        same = all(s.size == outs[0].size for s in ins)
-        bias = getattr(layer, "bias", None) if getattr(layer, "use_bias", True) else None
-        if isinstance(layer, L.Dense) and one:
-            return "kernel", {"weights": (builtin_variable(layer, "kernel"), 0, 1, bias, 0),
-                              "fold": "dense"}
-        if isinstance(layer, L.EinsumDense) and one:
-            axes = _einsum_axes(layer)
-            if axes is None or (bias is not None and len(bias.shape) > 1):
-                return "end", f"equation {layer.equation!r} mixes the channel axis"
-            return "kernel", {"weights": (builtin_variable(layer, "kernel"), axes[0], axes[1],
-                                          bias if axes[2] is not None else None, axes[2] or 0),
-                              "fold": None}
-        if isinstance(layer, _CONV) and not isinstance(layer, _TRANSPOSED + _DEPTHWISE
-                                                       + _SEPARABLE) and one:
-            if layer.groups != 1:
-                return "end", f"grouped convolution (groups={layer.groups})"
-            fold = "conv" if layer.padding == "valid" else None
-            return "kernel", {"weights": (builtin_variable(layer, "kernel"), -2, -1, bias, 0),
-                              "fold": fold}
-        if isinstance(layer, _TRANSPOSED) and one:
-            return "kernel", {"weights": (builtin_variable(layer, "kernel"), -1, -2, bias, 0),
-                              "fold": None}
-        if isinstance(layer, L.Embedding) and one:
-            return "kernel", {"weights": (layer.embeddings, None, 1, None, 0), "fold": None}
-        if isinstance(layer, _DEPTHWISE) and one:
-            return "depthwise", {"kernel": builtin_variable(layer, "kernel"), "bias": bias,
-                                 "multiplier": layer.depth_multiplier}
-        if isinstance(layer, _SEPARABLE) and one:
-            return "separable", {"depthwise": layer.depthwise_kernel, "bias": bias,
-                                 "pointwise": layer.pointwise_kernel,
-                                 "multiplier": layer.depth_multiplier}
-        if isinstance(layer, L.BatchNormalization) and one:
-            axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-            rank = len(outs[0].ref.shape)
-            if axis not in (-1, rank - 1) or getattr(layer, "renorm", False):
-                return "end", f"normalizes axis {axis}, not the channels"
-            return "bn", None
-        if isinstance(layer, tuple(_MERGE)) and same:
-            return "merge", next(op for cls, op in _MERGE.items() if isinstance(layer, cls))
-        if isinstance(layer, L.Concatenate):
-            rank = len(outs[0].ref.shape)
-            if layer.axis in (-1, rank - 1):
-                return "concat", None
-            return ("merge", "concat") if same else ("end", "concatenates other axes")
-        if isinstance(layer, _PASS) and one and same:
-            return "pass", None
-        if isinstance(layer, _PAD) and one and same:
-            return "pad", None
-        if isinstance(layer, _ACT) and one and same:
-            if _mixes(layer):
-                return "end", f"activation {_act_name(layer)} mixes channels"
-            return "act", None
-        if isinstance(layer, L.Rescaling) and one and same:
-            if np.ndim(layer.scale) or np.ndim(layer.offset):
-                return "end", "per-channel scale"
-            return "rescale", (float(layer.scale), float(layer.offset))
-        if isinstance(layer, L.Flatten | L.Reshape) and one:
-            if outs[0].size % ins[0].size == 0:  # row-major: channel = index % C
-                return "reshape", None
-            return "end", "reshapes the channel axis"
-        if isinstance(layer, L.MultiHeadAttention):
-            return "heads", {}
-        if isinstance(layer, L.LayerNormalization | L.GroupNormalization | L.UnitNormalization):
-            return "end", "normalizes over the channels"
-        return "end", "layer type not understood"
+            return None, "not a single channels-last output"
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return None, "channels_first"
+        handler, reason = handlers.handler_for(layer)
+        if handler is None:
+            return None, reason
+        info = handler.match(layer, ins, outs)
+        return (None, info) if isinstance(info, str) else (handler, info)
 
     # -- solving ------------------------------------------------------------
 
@@ -451,36 +242,10 @@ class ChannelGraph:
         `values`: `constants(value_of)`, if the caller has it already."""
         values = self.constants(value_of) if values is None else values
         bad = set(self.blocked)
-        for kind, layer, ins, _, info in self.nodes:
-            if kind == "heads":
-                keep = ~self._silent_heads(info, value_of)
-                bad.update(int(c) for c in self.element_class[info["heads"].elements[keep]])
-                continue
-            if kind not in ("kernel", "separable") or (kind == "kernel" and
-                                                       info["weights"][1] is None):
-                continue
-            v = values[id(ins[0])]
-            if kind == "separable":
-                dw = value_of(info["depthwise"])
-                dead = ~dw.reshape(-1, *dw.shape[-2:]).any(axis=(0, 2))
-                ok = (v == 0) | dead
-            else:
-                ok = (v == 0) | (np.isfinite(v) & self.folds(layer, info))
-            bad.update(int(c) for c in self.element_class[self.tensor(ins[0]).elements[~ok]])
+        for handler, layer, ins, _, info in self.nodes:
+            elements = handler.unremovable(self, layer, ins, info, values, value_of)
+            bad.update(int(c) for c in self.element_class[elements])
         return {int(c) for c in np.unique(self.element_class)} - bad
-
-    @staticmethod
-    def _silent_heads(info, value_of) -> np.ndarray:
-        """Heads that add nothing to the attention's output: their value
-        projection (kernel and bias) or their output rows are all zero."""
-        n = info["heads"].size
-        value, output = info["value"], info["output"]
-        silent_value = ~np.moveaxis(value_of(builtin_variable(value, "kernel")), 1, 0) \
-            .reshape(n, -1).any(axis=1)
-        if value.bias is not None:
-            silent_value &= ~value_of(value.bias).reshape(n, -1).any(axis=1)
-        silent_output = ~value_of(builtin_variable(output, "kernel")).reshape(n, -1).any(axis=1)
-        return silent_value | silent_output
 
     def folds(self, layer, info) -> bool:
         """Whether a layer reading a removed channel's constant can fold it
@@ -496,69 +261,11 @@ class ChannelGraph:
         for space in self.spaces:
             if space.kind == "tensor":
                 values[id(space.ref)] = np.full(space.size, np.nan)
-        for kind, layer, ins, outs, info in self.nodes:
+        for handler, layer, ins, outs, info in self.nodes:
             vin = [values[id(t)] for t in ins]
-            if kind == "reshape":
-                out = vin[0][np.arange(self.tensor(outs[0]).size) % len(vin[0])]
-            elif kind == "heads":
-                out = np.full(self.tensor(outs[0]).size, np.nan)
-            else:
-                out = self._value(kind, layer, vin, info, value_of)
-            values[id(outs[0])] = out
+            size = self.tensor(outs[0]).size
+            values[id(outs[0])] = handler.value(self, layer, vin, size, info, value_of)
         return values
-
-    def _value(self, kind, layer, vin, info, value_of) -> np.ndarray:
-        if kind == "kernel":
-            kernel, _, out_axis, bias, bias_axis = info["weights"]
-            k = np.moveaxis(value_of(kernel), out_axis % len(kernel.shape), -1)
-            dead = ~k.reshape(-1, k.shape[-1]).any(axis=0)
-            b = np.zeros(k.shape[-1]) if bias is None else np.moveaxis(
-                value_of(bias), bias_axis, -1).reshape(-1, k.shape[-1])[0]
-            act = getattr(layer, "activation", None) or (lambda x: x)
-            return np.where(dead, _apply(act, b), np.nan)
-        if kind == "depthwise":
-            k = value_of(info["kernel"])
-            m = info["multiplier"]
-            taps = k.reshape(-1, k.shape[-2] * m)
-            b = np.zeros(taps.shape[1]) if info["bias"] is None else value_of(info["bias"])
-            v = np.repeat(vin[0], m)
-            dead = ~taps.any(axis=0) | (v == 0)
-            valid = layer.padding == "valid"
-            pre = np.where(dead, b, v * taps.sum(axis=0) + b if valid else np.nan)
-            return _apply(layer.activation, pre)
-        if kind == "separable":
-            pw = value_of(info["pointwise"])
-            dead = ~pw.reshape(-1, pw.shape[-1]).any(axis=0)
-            b = np.zeros(pw.shape[-1]) if info["bias"] is None else value_of(info["bias"])
-            return np.where(dead, _apply(layer.activation, b), np.nan)
-        if kind == "bn":
-            c = len(vin[0])
-            gamma = value_of(layer.gamma) if layer.scale else np.ones(c)
-            beta = value_of(layer.beta) if layer.center else np.zeros(c)
-            mean, var = value_of(layer.moving_mean), value_of(layer.moving_variance)
-            out = gamma * (vin[0] - mean) / np.sqrt(var + layer.epsilon) + beta
-            return np.where(gamma == 0, beta, out)
-        if kind == "merge":
-            stack = np.stack(vin)
-            if info == "multiply":
-                zero = (stack == 0).any(axis=0)
-                return np.where(zero, 0.0, np.prod(stack, axis=0))
-            ops = {"add": np.sum, "average": np.mean, "maximum": np.max, "minimum": np.min}
-            if info == "subtract":
-                return stack[0] - stack[1]
-            if info == "concat":
-                return np.where((stack == stack[0]).all(axis=0), stack[0], np.nan)
-            return ops[info](stack, axis=0)
-        if kind == "concat":
-            return np.concatenate(vin)
-        if kind == "pad":
-            return np.where(vin[0] == 0, 0.0, np.nan)
-        if kind == "act":
-            return _apply(layer, vin[0])
-        if kind == "rescale":
-            scale, offset = info
-            return vin[0] * scale + offset
-        return vin[0]  # pass
 
 
 def channel_groups(model: keras.Model) -> ChannelGraph:

@@ -26,37 +26,17 @@ def _removed_classes(graph: ChannelGraph, values: dict) -> np.ndarray:
     return removed
 
 
-def _new_config(layer, config: dict, kept: int | None, old: int | None) -> dict:
-    """`config` for the layer with `kept` output channels instead of `old`."""
-    if kept is None or kept == old:
-        return config
-    for name in ("units", "filters", "output_dim"):
-        if name in config:
-            return {**config, name: kept}
-    if isinstance(layer, keras.layers.EinsumDense):
-        shape = config["output_shape"]
-        shape = [kept] if isinstance(shape, int) else [*list(shape)[:-1], kept]
-        return {**config, "output_shape": shape}
-    if isinstance(layer, keras.layers.Reshape):
-        return {**config, "target_shape": [*list(config["target_shape"])[:-1], kept]}
-    return config
-
-
 def _folds(graph: ChannelGraph, removed: np.ndarray, values: dict) -> dict:
     """`{id(bias): delta}`: the constant a removed input channel carried into a
     Dense or "valid" convolution, folded into the reading layer's bias."""
     deltas = {}
-    for kind, layer, ins, _, info in graph.nodes:
-        if kind != "kernel" or not graph.folds(layer, info):
+    for handler, layer, ins, _, info in graph.nodes:
+        if not ins:
             continue
-        kernel, bias = info["weights"][0], info["weights"][3]
         gone = removed[graph.element_class[graph.tensor(ins[0]).elements]]
-        v = np.where(gone, values[id(ins[0])], 0.0)
-        if not np.any(v):
-            continue
-        k = weight_value(kernel)
-        taps = k.reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=0)
-        deltas[id(bias)] = deltas.get(id(bias), 0.0) + v @ taps
+        carried = np.where(gone, values[id(ins[0])], 0.0)
+        for key, delta in handler.fold(graph, layer, ins, info, carried, weight_value).items():
+            deltas[key] = deltas.get(key, 0.0) + delta
     return deltas
 
 
@@ -111,19 +91,20 @@ def shrink(model: keras.Model) -> keras.Model:
     removed = _removed_classes(graph, values)
     cls = graph.element_class
     gone = {id(s): np.nonzero(removed[cls[s.elements]])[0] for s in graph.spaces}
-    out_channels = {}
-    for _, layer, _, outs, _ in graph.nodes:
+    resize = {}
+    for handler, layer, _, outs, _ in graph.nodes:
         space = graph.tensor(outs[0])
-        out_channels.setdefault(id(layer), (space.size - len(gone[id(space)]), space.size))
+        resize.setdefault(id(layer), (handler, space.size - len(gone[id(space)]), space.size))
 
-    heads = {id(layer): layer.num_heads - len(gone[id(info["heads"])])
-             for kind, layer, _, _, info in graph.nodes if kind == "heads"}
+    def removed_along(variable, axis: int) -> int:
+        space = graph._weights.get((id(variable), axis % len(variable.shape)))
+        return 0 if space is None else len(gone[id(space)])
 
     def clone(layer):
-        kept, old = out_channels.get(id(layer), (None, None))
-        config = _new_config(layer, layer.get_config(), kept, old)
-        if id(layer) in heads:
-            config = {**config, "num_heads": heads[id(layer)]}
+        config = layer.get_config()
+        if id(layer) in resize:
+            handler, kept, old = resize[id(layer)]
+            config = handler.resized(layer, config, kept, old, removed_along)
         return type(layer).from_config(config)
 
     small = keras.models.clone_model(functional, clone_function=clone)

@@ -111,6 +111,49 @@ def test_subclass_with_its_own_computation_ends_the_group():
     assert "overrides `call`" in ended["cos"]
 
 
+class LoggedDense(L.Dense):
+    def call(self, inputs):
+        return super().call(inputs)
+
+
+class ChannelScale(L.Layer):
+    def build(self, shape):
+        self.scale = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.scale
+
+
+class ChannelScaleHandler(prunemix.handlers.ChannelHandler):
+    def connect(self, graph, layer, ins, outs, info):
+        graph.tie(ins[0], outs[0])
+        graph.tie(outs[0], graph.weight(layer, layer.scale, 0))
+
+    def value(self, graph, layer, vin, size, info, value_of):
+        return vin[0] * value_of(layer.scale)
+
+
+def test_registered_handlers_analyse_classes_prunemix_does_not_know(monkeypatch):
+    monkeypatch.setattr(sys.modules["prunemix.handlers"], "_REGISTERED", {})
+    i = keras.Input((8,))
+    h = ChannelScale(name="scale")(LoggedDense(6, name="logged")(i))
+    model = keras.Model(i, L.Dense(2)(h))
+    assert "LoggedDense overrides `call`" in prunemix.channel_groups(model).ended_by["logged"]
+    assert "not understood" in prunemix.channel_groups(model).ended_by["scale"]
+    prunemix.register_channel_handler(LoggedDense, L.Dense)
+    prunemix.register_channel_handler(ChannelScale, ChannelScaleHandler())
+    assert not prunemix.channel_groups(model).ended_by
+    zero_units(model.get_layer("logged"), [0, 4])
+    small = prunemix.shrink(model)
+    assert isinstance(small.get_layer("logged"), LoggedDense)
+    assert small.get_layer("logged").units == 4 and small.get_layer("scale").scale.shape == (4,)
+    assert_same_predictions(small, model, X8)
+    with pytest.raises(TypeError, match="Received"):
+        prunemix.register_channel_handler(LoggedDense, "Dense")
+    with pytest.raises(TypeError, match="Received"):
+        prunemix.register_channel_handler(len, L.Dense)
+
+
 # -- 4, 10: BatchNormalization(scale=False): its constant is not zero -----------------------
 
 def bn_no_scale_model():
@@ -511,6 +554,7 @@ def graphs(draw):
     return model, (IMG[:, :5, :5] if conv else X8[:, :6])
 
 
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(graphs())
