@@ -12,12 +12,17 @@ logit) is printed too.
 
     python bench/shrink.py                  # MobileNetV2 and ResNet50 (several minutes)
     python bench/shrink.py --models Transformer   # heads and FFN units (Keras layers)
+    python bench/shrink.py --models GPT2Backbone  # FFN units of keras_hub's GPT-2
     python bench/shrink.py --quick          # smoke run
 
 `Transformer` is 6 blocks of Keras `MultiHeadAttention` (8 heads of 64) and
 a feed-forward of 2048 over a 512-wide residual stream (post-LayerNorm),
 sequence 128, float inputs: half its heads and half its feed-forward units
 are removed (the residual width is tied to LayerNorm and stays).
+`GPT2Backbone` is keras_hub's GPT-2 at the same size (vocabulary 50257): half
+its feed-forward units are removed and `shrink` returns a `GPT2Backbone` with
+`intermediate_dim=1024` (its heads stay: keras_hub derives the head width
+from `hidden_dim // num_heads`, so its config cannot express fewer heads).
 """
 
 from __future__ import annotations
@@ -64,7 +69,27 @@ MODELS = {
     "EfficientNetB0": _application(keras.applications.EfficientNetB0),
     "DenseNet121": _application(keras.applications.DenseNet121),
     "Transformer": lambda size: transformer(),
+    "GPT2Backbone": lambda size: gpt2_backbone(),
 }
+
+
+def gpt2_backbone():
+    """keras_hub's GPT2Backbone at the Transformer's size (needs keras-hub)."""
+    import keras_hub
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=50257, num_layers=6, num_heads=8, hidden_dim=512,
+        intermediate_dim=2048, max_sequence_length=128)
+
+
+def sample(model, batch: int, rng):
+    """Inputs for `model`: token ids and a padding mask for a keras_hub
+    backbone, else uniform floats (pixels 0-255 for images)."""
+    if isinstance(model.input, dict):
+        return {"token_ids": rng.integers(0, 1000, (batch, 128)).astype("int32"),
+                "padding_mask": np.ones((batch, 128), "int32")}
+    shape = tuple(model.inputs[0].shape[1:])
+    return rng.random((batch, *shape)).astype("float32") * (255 if len(shape) == 3 else 1)
 
 
 def shrunk_pair(name: str, size: int, sparsity: float):
@@ -104,10 +129,14 @@ def litert_calls(models: dict, x) -> dict:
         interpreter = prunemix.make_interpreter(prunemix.to_tflite(model, sparse=False),
                                                 num_threads=1)
         index = interpreter.get_input_details()[0]["index"]
+        runner = interpreter.get_signature_runner()
 
-        def run(interpreter=interpreter, index=index):
-            interpreter.set_tensor(index, x)
-            interpreter.invoke()
+        def run(interpreter=interpreter, index=index, runner=runner):
+            if isinstance(x, dict):
+                runner(**x)
+            else:
+                interpreter.set_tensor(index, x)
+                interpreter.invoke()
 
         calls[name] = run
     return calls
@@ -134,10 +163,7 @@ def main(argv=None) -> list:
     rng = np.random.default_rng(0)
     for name in args.models:
         dense, masked, small = shrunk_pair(name, args.size, args.sparsity)
-        shape = tuple(dense.inputs[0].shape[1:])
-        scale = 255 if len(shape) == 3 else 1  # pixels, or embeddings
-        x1 = rng.random((1, *shape)).astype("float32") * scale
-        xb = rng.random((args.batch, *shape)).astype("float32") * scale
+        x1, xb = sample(dense, 1, rng), sample(dense, args.batch, rng)
         want = masked.predict(xb, verbose=0)
         diff = float(np.abs(small.predict(xb, verbose=0) - want).max() / np.abs(want).max())
         pair = {"dense": dense, "shrunk": small}

@@ -60,6 +60,19 @@ class _Space:
         return np.arange(self.base, self.base + self.size)
 
 
+def backbone_of(model):
+    """The backbone a task model is built around (a keras_hub task: a
+    `backbone` attribute that its config names), or None. A task's channels
+    are its backbone's: the graph and `shrink` work there."""
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, keras.Model) and backbone is not model:
+        try:
+            return backbone if "backbone" in model.get_config() else None
+        except Exception:  # noqa: BLE001 - a model without a usable config
+            return None
+    return None
+
+
 class ChannelGraph:
     """The channel dependency groups of a functional or Sequential model.
 
@@ -67,6 +80,8 @@ class ChannelGraph:
 
     Attributes:
         model: the model analysed.
+        source: the model whose graph is analysed: `model`, or for a task
+            built around a backbone (keras_hub), the backbone.
         groups: list of groups; each a list of class ids (see `classes`).
         blocked: `{class_id: reason}` for classes that must be kept.
         ended_by: `{layer name: reason}`: layers that ended groups (their
@@ -74,7 +89,8 @@ class ChannelGraph:
     """
 
     def __init__(self, model):
-        graph = _keras_compat.graph_of(model)
+        self.source = backbone_of(model) or model
+        graph = _keras_compat.graph_of(self.source)
         if graph is None:
             raise ValueError(
                 f"Channel groups need a graph, and model '{model.name}' "
@@ -160,13 +176,14 @@ class ChannelGraph:
 
     def _classify(self, layer, ins, outs):
         """`(handler, info)` for one layer call, or `(None, why it ends its groups)`."""
-        if len(outs) != 1 or any(not s.size for s in [*ins, *outs]):
-            return None, "not a single channels-last output"
-        if getattr(layer, "data_format", "channels_last") != "channels_last":
-            return None, "channels_first"
         handler, reason = handlers.handler_for(layer)
         if handler is None:
             return None, reason
+        tied = [*ins, *outs] if handler.ties_inputs else outs
+        if len(outs) != 1 or any(not s.size for s in tied):
+            return None, "not a single channels-last output"
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return None, "channels_first"
         info = handler.match(layer, ins, outs)
         return (None, info) if isinstance(info, str) else (handler, info)
 

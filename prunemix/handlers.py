@@ -116,6 +116,10 @@ class ChannelHandler:
     ```
     """
 
+    #: Whether `connect` ties the call's inputs (each must then have a known
+    #: channel width); False for a layer that keeps its inputs whole.
+    ties_inputs = True
+
     def match(self, layer, ins, outs):
         """Info for the other methods (any object), or a string: why this
         call ends its groups (its channels are kept)."""
@@ -432,6 +436,70 @@ class Ends(ChannelHandler):
         return self.reason
 
 
+class FeedForward(ChannelHandler):
+    """A Transformer layer with a feed-forward block (keras_hub's
+    `TransformerEncoder`, `TransformerDecoder`, `LlamaTransformerDecoder`):
+    its inputs and output keep their width (the residual stream); its
+    feed-forward units are a group. A unit is its column of the up (and
+    gate) projection and bias and its row of the down projection; it adds
+    nothing when its down row is zero, or its up (or gate) column and bias
+    are zero where the activation maps 0 to 0. `shrink` re-creates the layer
+    with a smaller `intermediate_dim`."""
+
+    ties_inputs = False
+
+    def __init__(self, up: str, down: str, gate: str | None = None,
+                 key: str = "intermediate_dim"):
+        self.up, self.down, self.gate, self.key = up, down, gate, key
+
+    def match(self, layer, ins, outs):
+        names = [self.up, self.down] + ([self.gate] if self.gate else [])
+        if any(getattr(getattr(layer, n, None), "built", False) is False for n in names):
+            return "layer type not understood"
+        return {}
+
+    def connect(self, graph, layer, ins, outs, info) -> None:
+        for space in [*ins, *outs]:
+            graph.block(space, f"next to layer '{layer.name}' (a Transformer layer keeps its "
+                               "input and output width; its feed-forward units are a group)")
+        up, down = getattr(layer, self.up), getattr(layer, self.down)
+        gate = getattr(layer, self.gate) if self.gate else None
+        units = graph.weight(up, builtin_variable(up, "kernel"), -1)
+        for dense in (up, gate):
+            if dense is None:
+                continue
+            if dense is not up:
+                graph.tie(units, graph.weight(dense, builtin_variable(dense, "kernel"), -1))
+            if dense.bias is not None:
+                graph.tie(units, graph.weight(dense, dense.bias, 0))
+        graph.tie(units, graph.weight(down, builtin_variable(down, "kernel"), 0))
+        info.update(units=units, up=up, down=down, gate=gate)
+
+    def value(self, graph, layer, vin, size, info, value_of) -> np.ndarray:
+        return np.full(size, np.nan)
+
+    def unremovable(self, graph, layer, ins, info, values, value_of) -> np.ndarray:
+        def silent(dense, activation):
+            kernel = value_of(builtin_variable(dense, "kernel"))
+            quiet = ~kernel.reshape(-1, kernel.shape[-1]).any(axis=0)
+            bias = np.zeros(kernel.shape[-1]) if dense.bias is None else value_of(dense.bias)
+            return quiet & (apply(activation, bias) == 0)
+
+        up, gate = info["up"], info["gate"]
+        if gate is None:
+            quiet = silent(up, up.activation)
+        else:  # down(activation(gate(x)) * up(x))
+            quiet = silent(gate, layer.activation) | silent(up, keras.activations.linear)
+        down = value_of(builtin_variable(info["down"], "kernel"))
+        quiet |= ~down.reshape(down.shape[0], -1).any(axis=1)
+        return info["units"].elements[~quiet]
+
+    def resized(self, layer, config, kept, old, removed) -> dict:
+        up = getattr(layer, self.up)
+        gone = removed(builtin_variable(up, "kernel"), len(up.kernel.shape) - 1)
+        return {**config, self.key: config[self.key] - gone} if gone else config
+
+
 class Heads(ChannelHandler):
     """Keras MultiHeadAttention: its inputs and output keep their width (the
     residual stream); its heads are one group. A head is its slices of the
@@ -521,6 +589,23 @@ def _builtin_table() -> dict:
     return table
 
 
+_FFN = {"up": "_feedforward_intermediate_dense", "down": "_feedforward_output_dense"}
+# Classes of other libraries, by qualified name: prunemix never imports them;
+# a class counts once its module is loaded.
+_BY_NAME = {
+    "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder": FeedForward(**_FFN),
+    "keras_hub.src.layers.modeling.transformer_decoder.TransformerDecoder": FeedForward(**_FFN),
+    "keras_hub.src.models.llama.llama_decoder.LlamaTransformerDecoder": FeedForward(
+        **_FFN, gate="_feedforward_gate_dense"),
+}
+
+
+def _known(cls):
+    """The handler a class itself is registered with or known by, or None."""
+    return _REGISTERED.get(cls) or _TABLE.get(cls) or \
+        _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
 _TABLE = _builtin_table()
 # Classes registered with `register_channel_handler`: checked with the table,
 # the nearest class in a layer's MRO wins.
@@ -580,7 +665,7 @@ def register_channel_handler(cls: type, handler) -> type:
 def handler_for(layer):
     """`(handler, None)` for a layer the table knows, else `(None, reason)`."""
     mro = type(layer).__mro__
-    known = next((i for i, cls in enumerate(mro) if cls in _REGISTERED or cls in _TABLE), None)
+    known = next((i for i, cls in enumerate(mro) if _known(cls) is not None), None)
     if known is None:
         return None, "layer type not understood"
     for cls in mro[:known]:
@@ -592,4 +677,4 @@ def handler_for(layer):
         return None, "LoRA adapters (lora_kernel_a/b) are not analysed; merge them first"
     if getattr(layer, "quantization_mode", None) is not None:
         return None, f"quantized ({layer.quantization_mode}) weights are not analysed"
-    return _REGISTERED.get(mro[known]) or _TABLE[mro[known]], None
+    return _known(mro[known]), None

@@ -10,6 +10,7 @@ import numpy as np
 from prunemix import _keras_compat, _validate
 from prunemix.export import strip_pruning
 from prunemix.graph import ChannelGraph, weight_value
+from prunemix.model import own_config
 
 __all__ = ["shrink", "shrink_dense"]
 
@@ -86,41 +87,103 @@ def shrink(model: keras.Model) -> keras.Model:
         raise ValueError(f"shrink: model '{model.name}' is not built.")
     stripped = strip_pruning(model) if getattr(model, "pruner", None) is not None else model
     graph = ChannelGraph(stripped)
-    functional = _keras_compat.functional_of(stripped)
+    task = graph.source is not stripped
     values = graph.constants(weight_value)  # once: both checks and folds read them
     removed = _removed_classes(graph, values)
     cls = graph.element_class
     gone = {id(s): np.nonzero(removed[cls[s.elements]])[0] for s in graph.spaces}
-    resize = {}
-    for handler, layer, _, outs, _ in graph.nodes:
-        space = graph.tensor(outs[0])
-        resize.setdefault(id(layer), (handler, space.size - len(gone[id(space)]), space.size))
+    deltas = _folds(graph, removed, values)
 
     def removed_along(variable, axis: int) -> int:
         space = graph._weights.get((id(variable), axis % len(variable.shape)))
         return 0 if space is None else len(gone[id(space)])
 
-    def clone(layer):
-        config = layer.get_config()
-        if id(layer) in resize:
-            handler, kept, old = resize[id(layer)]
-            config = handler.resized(layer, config, kept, old, removed_along)
-        return type(layer).from_config(config)
+    def trimmed(variable) -> np.ndarray:
+        value = keras.ops.convert_to_numpy(variable)
+        if id(variable) in deltas:
+            value = (value + deltas[id(variable)]).astype(value.dtype)
+        for axis in range(value.ndim):
+            space = graph._weights.get((id(variable), axis))
+            if space is not None and len(gone[id(space)]):
+                value = np.delete(value, gone[id(space)], axis=axis)
+        return value
 
-    small = keras.models.clone_model(functional, clone_function=clone)
+    configs = {}
+    for handler, layer, _, outs, _ in graph.nodes:
+        if id(layer) not in configs:
+            space = graph.tensor(outs[0])
+            old = _config_of(layer)
+            configs[id(layer)] = (layer, old, handler.resized(
+                layer, old, space.size - len(gone[id(space)]), space.size, removed_along))
+    same, why = _same_class(stripped, [(o, n) for _, o, n in configs.values() if o != n], task)
+    if same is not None:
+        for variable, target in zip(stripped.weights, same.weights, strict=True):
+            target.assign(trimmed(variable))
+        return same
+    if task:
+        raise ValueError(f"shrink: task '{stripped.name}' ({type(stripped).__name__}) is shrunk "
+                         f"through its backbone's config, and {why}.")
+    if why:
+        warnings.warn(f"shrink: model '{stripped.name}' becomes a functional model of the "
+                      f"same layers, not a {type(stripped).__name__}: {why}.", stacklevel=2)
+
+    def clone(layer):
+        return type(layer).from_config(configs[id(layer)][2] if id(layer) in configs
+                                       else layer.get_config())
+
+    functional = _keras_compat.functional_of(stripped)
+    try:
+        small = keras.models.clone_model(functional, clone_function=clone)
+    except Exception as error:
+        raise ValueError(f"shrink: a layer of model '{stripped.name}' cannot be re-created "
+                         f"from its config ({type(error).__name__}: {error}).") from error
     small = keras.Model(*_keras_compat.graph_structs(small), name=f"{stripped.name}_shrunk")
-    deltas = _folds(graph, removed, values)
     for old, new in zip(functional.layers, small.layers, strict=True):
         for variable, target in zip(old.weights, new.weights, strict=True):
-            value = keras.ops.convert_to_numpy(variable)
-            if id(variable) in deltas:
-                value = (value + deltas[id(variable)]).astype(value.dtype)
-            for axis in range(value.ndim):
-                space = graph._weights.get((id(variable), axis))
-                if space is not None and len(gone[id(space)]):
-                    value = np.delete(value, gone[id(space)], axis=axis)
-            target.assign(value)
+            target.assign(trimmed(variable))
     return small
+
+
+def _config_of(layer) -> dict:
+    """`layer.get_config()`; for a layer whose `get_config` fails (keras_hub
+    0.32's `LlamaTransformerDecoder`), its plain public attributes, which
+    name its config: enough to say what a resize changes, for a model that
+    is re-created through its own config."""
+    try:
+        return layer.get_config()
+    except Exception:  # noqa: BLE001 - a third-party get_config that does not run
+        return {k: v for k, v in vars(layer).items() if not k.startswith("_")
+                and isinstance(v, int | float | str | bool | type(None))}
+
+
+def _same_class(model, changes: list, task: bool) -> tuple:
+    """`(copy, None)`: a new instance of `model`'s own class whose config
+    expresses every change (a keras_hub backbone with a smaller
+    `intermediate_dim`; a task through its backbone's config), built, not
+    yet holding weights; else `(None, why not)` (`why` None for a plain
+    graph, which has no class of its own)."""
+    if type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential):
+        return None, None
+    if not changes:
+        return None, "nothing to remove" if task else None
+    diffs = [{k: v for k, v in new.items() if old.get(k) != v} for old, new in changes]
+    olds = [{k: old.get(k) for k in diff} for (old, _), diff in zip(changes, diffs, strict=True)]
+    if any(d != diffs[0] for d in diffs) or any(o != olds[0] for o in olds):
+        return None, f"its layers would differ ({diffs[0]} vs others), which its config " \
+                     "cannot express"
+    config = own_config(model)
+    holder = config
+    if task and isinstance(config.get("backbone"), dict):
+        holder = config["backbone"].get("config", {})
+    if any(holder.get(k) != v for k, v in olds[0].items()):
+        return None, f"its config has no {sorted(diffs[0])} equal to the layers' {olds[0]}"
+    holder.update(diffs[0])
+    try:
+        copy = type(model).from_config(config)
+        _keras_compat.build_like(copy, model)
+    except Exception as error:  # noqa: BLE001 - the class rejects the smaller config
+        return None, f"{type(model).__name__}.from_config fails with {diffs[0]} ({error})"
+    return copy, None
 
 
 def shrink_dense(model: keras.Model) -> keras.Model:

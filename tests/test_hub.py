@@ -281,3 +281,34 @@ def test_subclassing_a_users_own_model_with_pruned_model(tmp_path):
     assert type(loaded) is PrunedScorer and loaded.width == 8
     assert int(loaded.pruner.pruning_step.numpy()) == 2
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_path):
+    make, x = MODELS[name][:2]
+    task = make()
+    pruned = prunemix.prune_model(
+        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    for layer in pruned.backbone.transformer_layers:  # exactly half of 32 units, every layer
+        up = np.asarray(layer._feedforward_intermediate_dense.kernel)
+        down = np.asarray(layer._feedforward_output_dense.kernel)
+        assert (~up.any(axis=0)).sum() == 16 and (~down.any(axis=1)).sum() == 16
+    small = prunemix.shrink(pruned)
+    assert type(small) is type(task) and type(small.backbone) is type(task.backbone)
+    assert small.backbone.intermediate_dim == 16
+    assert small.count_params() < task.count_params()
+    want = prunemix.strip_pruning(pruned).predict(x, verbose=0)
+    np.testing.assert_allclose(small.predict(x, verbose=0), want, atol=1e-5)
+    small.save_to_preset(str(tmp_path / "preset"))  # keras_hub alone reloads it
+    reloaded = type(task).from_preset(str(tmp_path / "preset"))
+    assert reloaded.backbone.intermediate_dim == 16
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), want, atol=1e-5)
+    if name == "gpt2":
+        small.compile(sampler="greedy")
+        pruned.compile(sampler="greedy")
+        np.testing.assert_array_equal(
+            small.generate(PROMPT, max_length=8, stop_token_ids=None)["token_ids"],
+            pruned.generate(PROMPT, max_length=8, stop_token_ids=None)["token_ids"])
