@@ -129,10 +129,11 @@ def litert_calls(models: dict, x) -> dict:
         interpreter = prunemix.make_interpreter(prunemix.to_tflite(model, sparse=False),
                                                 num_threads=1)
         index = interpreter.get_input_details()[0]["index"]
-        runner = interpreter.get_signature_runner()
+        # Several named inputs go through the signature runner; one, by index.
+        runner = interpreter.get_signature_runner() if isinstance(x, dict) else None
 
         def run(interpreter=interpreter, index=index, runner=runner):
-            if isinstance(x, dict):
+            if runner is not None:
                 runner(**x)
             else:
                 interpreter.set_tensor(index, x)
