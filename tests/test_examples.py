@@ -178,3 +178,17 @@ def test_bench_shrink_runs_small():
     dense, small = result["params"]
     assert small < 0.5 * dense and result["diff"] < 1e-4
     assert all(t > 0 for pair in (result["TF b1"], result["LiteRT b1"]) for t in pair)
+
+
+def test_prune_transformer_digits_runs_small():
+    from examples import prune_transformer_digits
+
+    rows = prune_transformer_digits.main(["--quick"])
+    assert [row[0] for row in rows] == ["dense", "50% of heads and FFN units, shrunk"]
+    assert rows[0][3] == "heads [4, 4], FFN units [64, 64]"
+    assert rows[1][3] == "heads [2, 2], FFN units [32, 32]"
+    # Per block: q/k/v/out lose 2 heads of 8 (3 * 32*16 + 3 * 16 + 16*32) and the FFN
+    # 32 units (32*32 + 32 + 32*32).
+    per_block = 3 * 32 * 16 + 3 * 16 + 16 * 32 + 32 * 32 + 32 + 32 * 32
+    assert rows[0][2] - rows[1][2] == 2 * per_block
+    assert all(0.0 <= row[1] <= 1.0 for row in rows)
