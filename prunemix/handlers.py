@@ -438,7 +438,8 @@ class Ends(ChannelHandler):
 
 class FeedForward(ChannelHandler):
     """A Transformer layer with a feed-forward block (keras_hub's
-    `TransformerEncoder`, `TransformerDecoder`, `LlamaTransformerDecoder`):
+    `TransformerEncoder`, `TransformerDecoder`, and the Llama, Mistral, Qwen
+    and Gemma decoder layers):
     its inputs and output keep their width (the residual stream); its
     feed-forward units are a group. A unit is its column of the up (and
     gate) projection and bias and its row of the down projection; it adds
@@ -449,8 +450,11 @@ class FeedForward(ChannelHandler):
     ties_inputs = False
 
     def __init__(self, up: str, down: str, gate: str | None = None,
-                 key: str = "intermediate_dim"):
+                 key: str = "intermediate_dim", activation=None, per_unit: int = 1):
         self.up, self.down, self.gate, self.key = up, down, gate, key
+        # The gate's activation (None: the layer's `activation`), and how
+        # much of `key` one unit is (Gemma's is twice its units).
+        self.activation, self.per_unit = activation, per_unit
 
     def match(self, layer, ins, outs):
         names = [self.up, self.down] + ([self.gate] if self.gate else [])
@@ -489,7 +493,8 @@ class FeedForward(ChannelHandler):
         if gate is None:
             quiet = silent(up, up.activation)
         else:  # down(activation(gate(x)) * up(x))
-            quiet = silent(gate, layer.activation) | silent(up, keras.activations.linear)
+            activation = self.activation or layer.activation
+            quiet = silent(gate, activation) | silent(up, keras.activations.linear)
         down = value_of(builtin_variable(info["down"], "kernel"))
         quiet |= ~down.reshape(down.shape[0], -1).any(axis=1)
         return info["units"].elements[~quiet]
@@ -497,7 +502,7 @@ class FeedForward(ChannelHandler):
     def resized(self, layer, config, kept, old, removed) -> dict:
         up = getattr(layer, self.up)
         gone = removed(builtin_variable(up, "kernel"), len(up.kernel.shape) - 1)
-        return {**config, self.key: config[self.key] - gone} if gone else config
+        return {**config, self.key: config[self.key] - self.per_unit * gone} if gone else config
 
 
 class Heads(ChannelHandler):
@@ -597,6 +602,14 @@ _BY_NAME = {
     "keras_hub.src.layers.modeling.transformer_decoder.TransformerDecoder": FeedForward(**_FFN),
     "keras_hub.src.models.llama.llama_decoder.LlamaTransformerDecoder": FeedForward(
         **_FFN, gate="_feedforward_gate_dense"),
+    "keras_hub.src.models.mistral.mistral_transformer_decoder.MistralTransformerDecoder":
+        FeedForward(**_FFN, gate="_feedforward_gate_dense"),
+    "keras_hub.src.models.qwen.qwen_decoder.QwenTransformerDecoder": FeedForward(
+        **_FFN, gate="_feedforward_gate_dense"),
+    # gelu(gating_ffw(x)) * gating_ffw_2(x); `intermediate_dim` is twice the units.
+    "keras_hub.src.models.gemma.gemma_decoder_block.GemmaDecoderBlock": FeedForward(
+        up="gating_ffw_2", down="ffw_linear", gate="gating_ffw",
+        activation=keras.activations.gelu, per_unit=2),
 }
 
 

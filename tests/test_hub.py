@@ -283,7 +283,7 @@ def test_subclassing_a_users_own_model_with_pruned_model(tmp_path):
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "mistral", "qwen", "gemma"])
 def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_path):
     make, x = MODELS[name][:2]
     task = make()
@@ -292,10 +292,12 @@ def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_pa
         pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
     pruned.pruner.update_masks(step=1)
     pruned.pruner.apply_masks()
-    for layer in pruned.backbone.transformer_layers:  # exactly half of 32 units, every layer
-        up = np.asarray(layer._feedforward_intermediate_dense.kernel)
-        down = np.asarray(layer._feedforward_output_dense.kernel)
-        assert (~up.any(axis=0)).sum() == 16 and (~down.any(axis=1)).sum() == 16
+    for layer in pruned.backbone.transformer_layers:  # exactly half the units, every layer
+        handler, _ = prunemix.handlers.handler_for(layer)
+        up = np.asarray(getattr(layer, handler.up).kernel)
+        down = np.asarray(getattr(layer, handler.down).kernel)
+        units = up.shape[-1]  # 32 (Gemma: 16, half its intermediate_dim)
+        assert (~up.any(axis=0)).sum() == units // 2 == (~down.any(axis=1)).sum()
     small = prunemix.shrink(pruned)
     assert type(small) is type(task) and type(small.backbone) is type(task.backbone)
     assert small.backbone.intermediate_dim == 16
