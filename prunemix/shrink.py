@@ -57,20 +57,28 @@ def shrink(model: keras.Model) -> keras.Model:
     where it cannot be folded, the channel is kept. Channels next to model
     inputs, outputs and layers the graph does not understand are kept.
 
+    A model of its own class whose config can express the cut (a keras_hub
+    backbone with a smaller `intermediate_dim`; a keras_hub task, shrunk
+    through its backbone's config) comes back as that class.
+
     Args:
-        model: a built functional or Sequential model, or a `PrunedModel`
-            built functionally (stripped first). Subclassed models have no
-            graph: rebuild them functionally first.
+        model: a built functional or Sequential model, a `PrunedModel` built
+            functionally or by `prune_model` (stripped first), or a keras_hub
+            task or backbone. Subclassed models have no graph: rebuild them
+            functionally first.
 
     Returns:
-        A new plain functional `keras.Model` with fewer channels, the same
-        inputs and outputs, and the same predictions (up to float rounding).
-        It saves as `.keras` and loads without prunemix. `model` is left
-        untouched.
+        A new model with fewer channels, the same inputs and outputs, and
+        the same predictions (up to float rounding): an instance of
+        `model`'s own class when its config expresses the cut, else a plain
+        functional `keras.Model` (with a warning saying why, for a model of
+        its own class). It saves as `.keras` and loads without prunemix.
+        `model` is left untouched.
 
     Raises:
         TypeError: if `model` is not a `keras.Model` (a path, a layer, None).
-        ValueError: if `model` is subclassed or not built.
+        ValueError: if `model` is subclassed or not built, or a task's cut
+            cannot be expressed by its backbone's config.
 
     Example:
 
@@ -117,9 +125,12 @@ def shrink(model: keras.Model) -> keras.Model:
                 layer, old, space.size - len(gone[id(space)]), space.size, removed_along))
     same, why = _same_class(stripped, [(o, n) for _, o, n in configs.values() if o != n], task)
     if same is not None:
-        for variable, target in zip(stripped.weights, same.weights, strict=True):
-            target.assign(trimmed(variable))
-        return same
+        values = [trimmed(variable) for variable in stripped.weights]
+        if [v.shape for v in values] == [tuple(w.shape) for w in same.weights]:
+            for value, target in zip(values, same.weights, strict=True):
+                target.assign(value)
+            return same
+        why = f"{type(stripped).__name__}.from_config re-creates other weight shapes"
     if task:
         raise ValueError(f"shrink: task '{stripped.name}' ({type(stripped).__name__}) is shrunk "
                          f"through its backbone's config, and {why}.")
@@ -164,10 +175,9 @@ def _same_class(model, changes: list, task: bool) -> tuple:
     graph, which has no class of its own)."""
     if type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential):
         return None, None
-    if not changes:
-        return None, "nothing to remove" if task else None
     diffs = [{k: v for k, v in new.items() if old.get(k) != v} for old, new in changes]
     olds = [{k: old.get(k) for k in diff} for (old, _), diff in zip(changes, diffs, strict=True)]
+    diffs, olds = diffs or [{}], olds or [{}]  # nothing to remove: a copy of the same class
     if any(d != diffs[0] for d in diffs) or any(o != olds[0] for o in olds):
         return None, f"its layers would differ ({diffs[0]} vs others), which its config " \
                      "cannot express"
