@@ -66,11 +66,14 @@ def main(argv=None) -> list:
     x_train, x_test, y_train, y_test = load_data()
     x_train, x_test = as_sequences(x_train), as_sequences(x_test)
     epochs, tune = (1, 2) if args.quick else (40, 20)
+    if args.quick:
+        x_train, y_train = x_train[:256], y_train[:256]
     dense = compile_model(transformer(), 2e-3)
     dense.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0)
     steps = int(np.ceil(len(x_train) / 32)) * tune
     pruned = prunemix.prune_model(
-        dense, prunemix.PolynomialDecay(0.0, 0.5, 0, steps // 2, frequency=10),
+        dense, prunemix.PolynomialDecay(0.0, 0.5, 0, steps // 2,
+                                        frequency=max(1, min(10, steps // 4))),
         pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
     compile_model(pruned, 1e-3)
     pruned.fit(x_train, y_train, batch_size=32, epochs=tune, verbose=0)
