@@ -12,17 +12,19 @@ logit) is printed too.
 
     python bench/shrink.py                  # MobileNetV2 and ResNet50 (several minutes)
     python bench/shrink.py --models Transformer   # heads and FFN units (Keras layers)
-    python bench/shrink.py --models GPT2Backbone  # FFN units of keras_hub's GPT-2
+    python bench/shrink.py --models GPT2Backbone BertBackbone  # keras_hub's
     python bench/shrink.py --quick          # smoke run
 
 `Transformer` is 6 blocks of Keras `MultiHeadAttention` (8 heads of 64) and
 a feed-forward of 2048 over a 512-wide residual stream (post-LayerNorm),
 sequence 128, float inputs: half its heads and half its feed-forward units
 are removed (the residual width is tied to LayerNorm and stays).
-`GPT2Backbone` is keras_hub's GPT-2 at the same size (vocabulary 50257): half
-its feed-forward units are removed and `shrink` returns a `GPT2Backbone` with
-`intermediate_dim=1024` (its heads stay: keras_hub derives the head width
-from `hidden_dim // num_heads`, so its config cannot express fewer heads).
+`GPT2Backbone` and `BertBackbone` are keras_hub's GPT-2 and BERT at the same
+size (vocabularies 50257 and 30522), with the same cut. keras_hub derives
+the head width as `hidden_dim // num_heads`, so neither config can say "4
+heads of 64": `shrink` rebuilds each Transformer layer from its parts (a
+Keras `MultiHeadAttention` with 4 heads of 64, the same norms and dense
+layers) in a functional model, with a warning that says so.
 """
 
 from __future__ import annotations
@@ -69,25 +71,33 @@ MODELS = {
     "EfficientNetB0": _application(keras.applications.EfficientNetB0),
     "DenseNet121": _application(keras.applications.DenseNet121),
     "Transformer": lambda size: transformer(),
-    "GPT2Backbone": lambda size: gpt2_backbone(),
+    "GPT2Backbone": lambda size: hub_backbone("GPT2Backbone", 50257),
+    "BertBackbone": lambda size: hub_backbone("BertBackbone", 30522),
 }
 
 
-def gpt2_backbone():
-    """keras_hub's GPT2Backbone at the Transformer's size (needs keras-hub)."""
+def hub_backbone(name: str, vocabulary: int):
+    """A keras_hub backbone at the Transformer's size (needs keras-hub)."""
     import keras_hub
 
-    return keras_hub.models.GPT2Backbone(
-        vocabulary_size=50257, num_layers=6, num_heads=8, hidden_dim=512,
+    return getattr(keras_hub.models, name)(
+        vocabulary_size=vocabulary, num_layers=6, num_heads=8, hidden_dim=512,
         intermediate_dim=2048, max_sequence_length=128)
+
+
+def main_output(y):
+    """A backbone's sequence output (BERT's outputs are a dict), or `y`."""
+    return y["sequence_output"] if isinstance(y, dict) else y
 
 
 def sample(model, batch: int, rng):
     """Inputs for `model`: token ids and a padding mask for a keras_hub
     backbone, else uniform floats (pixels 0-255 for images)."""
     if isinstance(model.input, dict):
-        return {"token_ids": rng.integers(0, 1000, (batch, 128)).astype("int32"),
-                "padding_mask": np.ones((batch, 128), "int32")}
+        tokens = {"token_ids": rng.integers(0, 1000, (batch, 128)).astype("int32"),
+                  "padding_mask": np.ones((batch, 128), "int32"),
+                  "segment_ids": np.zeros((batch, 128), "int32")}
+        return {k: tokens[k] for k in model.input}
     shape = tuple(model.inputs[0].shape[1:])
     return rng.random((batch, *shape)).astype("float32") * (255 if len(shape) == 3 else 1)
 
@@ -120,7 +130,8 @@ def interleaved(calls: dict, rounds: int, repeat: int) -> dict:
 
 def tf_calls(models: dict, x) -> dict:
     functions = {k: tf.function(m) for k, m in models.items()}
-    return {k: (lambda f=f: f(x, training=False).numpy()) for k, f in functions.items()}
+    return {k: (lambda f=f: main_output(f(x, training=False)).numpy())
+            for k, f in functions.items()}
 
 
 def litert_calls(models: dict, x) -> dict:
@@ -165,8 +176,9 @@ def main(argv=None) -> list:
     for name in args.models:
         dense, masked, small = shrunk_pair(name, args.size, args.sparsity)
         x1, xb = sample(dense, 1, rng), sample(dense, args.batch, rng)
-        want = masked.predict(xb, verbose=0)
-        diff = float(np.abs(small.predict(xb, verbose=0) - want).max() / np.abs(want).max())
+        want = main_output(masked.predict(xb, verbose=0))
+        got = main_output(small.predict(xb, verbose=0))
+        diff = float(np.abs(got - want).max() / np.abs(want).max())
         pair = {"dense": dense, "shrunk": small}
         result = {"params": (dense.count_params(), small.count_params()), "diff": diff}
         for label, calls, repeat in (

@@ -17,7 +17,9 @@ weight axis (a layer's output channels; all channels that meet in a residual
 
 A Keras `MultiHeadAttention` keeps its input and output width, and its heads
 are a group of their own: a head is its slices of the query, key and value
-projections and its rows of the output projection.
+projections and its rows of the output projection. keras_hub's Transformer
+layers do the same for their heads and feed-forward units
+(`prunemix.handlers.Transformer`).
 
 Safety: model inputs and outputs, and every tensor touching a layer this
 module does not understand (other attention layers, RNNs, nested models,

@@ -58,8 +58,11 @@ def shrink(model: keras.Model) -> keras.Model:
     inputs, outputs and layers the graph does not understand are kept.
 
     A model of its own class whose config can express the cut (a keras_hub
-    backbone with a smaller `intermediate_dim`; a keras_hub task, shrunk
-    through its backbone's config) comes back as that class.
+    backbone with a smaller `intermediate_dim`, or Gemma's with fewer
+    heads; a keras_hub task, shrunk through its backbone's config) comes
+    back as that class. A layer whose own config cannot express its cut
+    (keras_hub's GPT-2 and BERT layers derive the head width from
+    `hidden_dim // num_heads`) is rebuilt from its parts, with a warning.
 
     Args:
         model: a built functional or Sequential model, a `PrunedModel` built
@@ -77,8 +80,9 @@ def shrink(model: keras.Model) -> keras.Model:
 
     Raises:
         TypeError: if `model` is not a `keras.Model` (a path, a layer, None).
-        ValueError: if `model` is subclassed or not built, or a task's cut
-            cannot be expressed by its backbone's config.
+        ValueError: if `model` is subclassed or not built, a task's cut
+            cannot be expressed by its backbone's config, or a layer whose
+            config cannot express its cut cannot be rebuilt from its parts.
 
     Example:
 
@@ -116,14 +120,21 @@ def shrink(model: keras.Model) -> keras.Model:
                 value = np.delete(value, gone[id(space)], axis=axis)
         return value
 
-    configs = {}
+    configs, unrolled = {}, {}
     for handler, layer, _, outs, _ in graph.nodes:
         if id(layer) not in configs:
             space = graph.tensor(outs[0])
             old = _config_of(layer)
             configs[id(layer)] = (layer, old, handler.resized(
                 layer, old, space.size - len(gone[id(space)]), space.size, removed_along))
-    same, why = _same_class(stripped, [(o, n) for _, o, n in configs.values() if o != n], task)
+            reason = handler.unexpressed(layer, removed_along)
+            if reason:
+                unrolled[id(layer)] = (handler, f"layer '{layer.name}': {reason}")
+    if unrolled:
+        same, why = None, next(iter(unrolled.values()))[1]
+    else:
+        same, why = _same_class(
+            stripped, [(o, n) for _, o, n in configs.values() if o != n], task)
     if same is not None:
         values = [trimmed(variable) for variable in stripped.weights]
         if [v.shape for v in values] == [tuple(w.shape) for w in same.weights]:
@@ -135,24 +146,58 @@ def shrink(model: keras.Model) -> keras.Model:
         raise ValueError(f"shrink: task '{stripped.name}' ({type(stripped).__name__}) is shrunk "
                          f"through its backbone's config, and {why}.")
     if why:
+        rebuilt = " (layers whose config cannot express it are rebuilt from their parts)" \
+            if unrolled else ""
         warnings.warn(f"shrink: model '{stripped.name}' becomes a functional model of the "
-                      f"same layers, not a {type(stripped).__name__}: {why}.", stacklevel=2)
+                      f"same layers{rebuilt}, not a {type(stripped).__name__}: {why}.",
+                      stacklevel=3)
+    elif unrolled:
+        warnings.warn(f"shrink: {why}; it is rebuilt from its parts.", stacklevel=3)
+    sources = {}  # id(new layer) -> the layer whose weights it takes
+
+    def part(layer, config=None, cls=None):
+        new = (cls or type(layer)).from_config(config or layer.get_config())
+        sources[id(new)] = layer
+        return new
 
     def clone(layer):
-        return type(layer).from_config(configs[id(layer)][2] if id(layer) in configs
-                                       else layer.get_config())
+        if id(layer) in unrolled:
+            return layer  # `call` computes it from new parts
+        return part(layer, configs[id(layer)][2] if id(layer) in configs else None)
+
+    def call(layer, *args, **kwargs):
+        if id(layer) not in unrolled:
+            return layer(*args, **kwargs)
+        def named_part(sub, config=None, cls=None):  # unique in the new graph
+            return part(sub, {**(config or sub.get_config()), "name": f"{layer.name}_{sub.name}"},
+                        cls)
+
+        try:
+            return unrolled[id(layer)][0].unrolled(layer, named_part, removed_along, args,
+                                                   kwargs)
+        except ValueError as error:
+            raise _Refused(f"shrink: {error}") from error
 
     functional = _keras_compat.functional_of(stripped)
     try:
-        small = keras.models.clone_model(functional, clone_function=clone)
+        small = keras.models.clone_model(functional, clone_function=clone, call_function=call)
+    except _Refused as error:
+        raise ValueError(str(error)) from error.__cause__
     except Exception as error:
         raise ValueError(f"shrink: a layer of model '{stripped.name}' cannot be re-created "
                          f"from its config ({type(error).__name__}: {error}).") from error
     small = keras.Model(*_keras_compat.graph_structs(small), name=f"{stripped.name}_shrunk")
-    for old, new in zip(functional.layers, small.layers, strict=True):
-        for variable, target in zip(old.weights, new.weights, strict=True):
+    for new in small.layers:
+        old = sources.get(id(new))
+        if old is None and new.weights:
+            raise AssertionError(f"prunemix.shrink: no source for layer '{new.name}'")
+        for variable, target in zip(old.weights if old else [], new.weights, strict=True):
             target.assign(trimmed(variable))
     return small
+
+
+class _Refused(Exception):
+    """A layer that cannot be rebuilt from its parts (its message says why)."""
 
 
 def _config_of(layer) -> dict:

@@ -299,9 +299,12 @@ def test_every_keras_hub_layer_named_by_the_handlers_exists():
 def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_path):
     make, x = MODELS[name][:2]
     task = make()
+    # GPT-2's and BERT's heads are kept (excluded): their config cannot say
+    # fewer heads of the same width, and the task must stay its class.
     pruned = prunemix.prune_model(
         task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+        pruning_policy=[prunemix.Rule("*attention*", exclude=True, required=False),
+                        prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
     pruned.pruner.update_masks(step=1)
     pruned.pruner.apply_masks()
     for layer in pruned.backbone.transformer_layers:  # exactly half the units, every layer
@@ -326,3 +329,105 @@ def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_pa
         np.testing.assert_array_equal(
             small.generate(PROMPT, max_length=8, stop_token_ids=None)["token_ids"],
             pruned.generate(PROMPT, max_length=8, stop_token_ids=None)["token_ids"])
+
+
+def test_gemma_heads_shrink_to_the_same_task_class_through_its_config(tmp_path):
+    task = MODELS["gemma"][0]()  # 2 query heads of 8, 1 key/value head
+    pruned = prunemix.prune_model(
+        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    for layer in pruned.backbone.transformer_layers:  # one query head of two, every layer
+        query = np.asarray(layer.attention.query_dense.kernel)  # (heads, width, head_dim)
+        output = np.asarray(layer.attention.output_dense.kernel)  # (heads, head_dim, width)
+        assert [bool(query[h].any()) for h in range(2)].count(False) == 1
+        assert [bool(output[h].any()) for h in range(2)].count(False) == 1
+        assert np.asarray(layer.attention.key_dense.kernel).all()  # the shared head stays
+    small = prunemix.shrink(pruned)
+    assert type(small) is type(task)
+    assert (small.backbone.num_query_heads, small.backbone.num_key_value_heads) == (1, 1)
+    assert small.backbone.head_dim == 8 and small.backbone.intermediate_dim == 16
+    want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
+    np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, atol=1e-5)
+    small.save_to_preset(str(tmp_path / "preset"))
+    reloaded = type(task).from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(reloaded.predict(TOKENS, verbose=0), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_keras_hub_heads_are_removed_from_a_backbone_rebuilt_from_its_parts(name, tmp_path):
+    make, x = MODELS[name][:2]
+    backbone = make().backbone  # 2 layers, 2 heads of 8, 32 feed-forward units
+    pruned = prunemix.prune_model(
+        backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    for layer in pruned.transformer_layers:  # one head of two: q, k, v slices and output rows
+        attention = layer._self_attention_layer
+        for dense in (attention._query_dense, attention._key_dense, attention._value_dense):
+            kernel = np.asarray(dense.kernel)  # (width, heads, head_dim)
+            assert [bool(kernel[:, h].any()) for h in range(2)].count(False) == 1
+        output = np.asarray(attention._output_dense.kernel)
+        assert [bool(output[h].any()) for h in range(2)].count(False) == 1
+    with pytest.warns(UserWarning, match=r"hidden_dim // num_heads \(2 -> 1 heads\)"):
+        small = prunemix.shrink(pruned)
+    assert not isinstance(small, keras_hub.models.Backbone)
+    attention = [lay for lay in small.layers if isinstance(lay, keras.layers.MultiHeadAttention)]
+    assert [(a.num_heads, a.key_dim) for a in attention] == [(1, 8), (1, 8)]
+    units = [lay.units for lay in small.layers if "feedforward" in lay.name and
+             isinstance(lay, keras.layers.Dense)]
+    assert units == [16, 16, 16, 16]  # up and down of each layer (down: the width, 16)
+    assert small.count_params() < backbone.count_params()
+
+    def out(model, inputs):
+        y = model.predict(inputs, verbose=0)
+        return y["sequence_output"] if isinstance(y, dict) else y
+
+    padded = {**x, "padding_mask": np.tril(np.ones((4, 8), bool))[:, ::-1]}  # some padding
+    for inputs in (x, padded):
+        want = out(prunemix.strip_pruning(pruned), inputs)
+        np.testing.assert_allclose(out(small, inputs), want, rtol=1e-5, atol=1e-5)
+    small.save(tmp_path / "small.keras")  # keras_hub alone reloads it
+    reloaded = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(out(reloaded, padded), want, rtol=1e-5, atol=1e-5)
+    if name == "gpt2":  # and LiteRT runs it
+        runner = prunemix.make_interpreter(prunemix.to_tflite(small)).get_signature_runner()
+        details = runner.get_input_details()
+        one = {k: v[1:2].astype(details[k]["dtype"]) for k, v in padded.items()}
+        (got,) = runner(**one).values()
+        np.testing.assert_allclose(got, want[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_a_task_whose_heads_its_config_cannot_express_is_refused():
+    pruned = prunemix.prune_model(
+        gpt2(), prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    with pytest.raises(ValueError, match=r"task 'gpt2_causal_lm' \(GPT2CausalLM\).*layer "
+                                         r"'transformer_layer_0'.*hidden_dim // num_heads"):
+        prunemix.shrink(pruned)
+
+
+def test_grouped_query_heads_go_at_one_position_of_every_group():
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=64, num_layers=1, num_query_heads=4, num_key_value_heads=2,
+        hidden_dim=16, intermediate_dim=32, head_dim=4)
+    pruned = prunemix.prune_model(
+        backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    attention = pruned.transformer_layers[0].attention
+    query = np.asarray(attention.query_dense.kernel)  # (4 query heads, width, head_dim)
+    gone = [h for h in range(4) if not query[h].any()]
+    # Query head k * 2 + g reads key/value head k: one position g goes in both groups.
+    assert len(gone) == 2 and gone[1] == gone[0] + 2
+    assert np.asarray(attention.key_dense.kernel).all()
+    small = prunemix.shrink(pruned)
+    assert type(small) is keras_hub.models.GemmaBackbone
+    assert (small.num_query_heads, small.num_key_value_heads) == (2, 2)
+    want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
+    np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, rtol=1e-5, atol=1e-5)
