@@ -43,7 +43,7 @@ class ChannelGroups(PruningPattern):
     rows and columns).
 
     Apply it to every layer (`Rule("*", pattern=ChannelGroups())`, or
-    `prunemix.channel_policy()`). A group is pruned only when every prunable
+    `pattern="channels"`). A group is pruned only when every prunable
     weight coupled in it uses this pattern: excluding a layer keeps its
     channels, and those of every layer coupled to it. Channels next to model
     inputs and outputs and to layers `prunemix.graph` does not understand are
@@ -61,6 +61,7 @@ class ChannelGroups(PruningPattern):
             two different channel schedules in one model.
     """
 
+    alias = "channels"
     needs_graph = True
 
     def __init__(self, norm: str = "l2", reduction: str = "mean", round_to: int = 1):
@@ -176,7 +177,7 @@ def plan(model, located: list, specs: dict) -> tuple:
     weights that are in no pruned group dropped. Without a `ChannelGroups`
     spec, both come back unchanged.
     """
-    chosen = {k: s for k, s in specs.items() if getattr(s.pattern, "needs_graph", False)}
+    chosen = {k: s for k, s in specs.items() if s.pattern.needs_graph}
     if not chosen:
         return located, specs
     pairs = {(id(s.schedule), repr(s.pattern), id(s.score)) for s in chosen.values()}
@@ -237,7 +238,7 @@ def plan(model, located: list, specs: dict) -> tuple:
               for n, b, members, t in groups]
     pattern = first.pattern.planned(groups, [e[3] for e in order])
     specs = {k: s for k, s in specs.items() if k not in chosen and
-             not getattr(s.pattern, "needs_graph", False)}
+             not s.pattern.needs_graph}
     for _, _, _, key in order:
         # The rule's `score` ranks every coupled slice, the biases and
         # BatchNormalization weights the plan adds included.

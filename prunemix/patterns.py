@@ -60,6 +60,9 @@ def _label(layer, weight) -> str:
     return f"weight '{weight.path}' of layer '{layer.name}' ({type(layer).__name__})"
 
 
+_REGISTRY: dict = {}  # alias -> pattern class
+
+
 class PruningPattern:
     """Base class: a rule that turns scores and a sparsity into a keep-mask.
 
@@ -74,8 +77,26 @@ class PruningPattern:
     at `clip(target, low, high)`; `GlobalMagnitude` pools the group.
     """
 
+    #: The short name `prunemix.patterns.get` takes (e.g. "n:m"); subclasses
+    #: that set one are registered, and found by it, when they are defined.
+    alias: str | None = None
     #: Whether all weights using the pattern share one threshold.
     is_global = False
+    #: Whether the pattern is planned over the model's graph when the pruner
+    #: is built (`ChannelGroups`): `planned` gives the planned copy.
+    needs_graph = False
+    #: Keys of the weights a planned pattern's masks follow, in order (None:
+    #: not planned).
+    keys: list | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("alias"):
+            _REGISTRY[cls.alias] = cls
+
+    def planned(self, groups: list, keys: list) -> PruningPattern:
+        """A copy planned over the model's graph (`needs_graph` patterns)."""
+        raise NotImplementedError(f"{type(self).__name__} is not planned over a graph.")
 
     def check(self, layer, weight) -> None:
         """Raises `ValueError` if the pattern cannot handle `weight`."""
@@ -148,6 +169,8 @@ class Magnitude(PruningPattern):
     Each weight gets exactly `round(sparsity * size)` zeros.
     """
 
+    alias = "magnitude"
+
     def mask_and_count(self, scores, sparsity):
         scores = tf.convert_to_tensor(scores)
         count = masks.pruned_count(sparsity, tf.size(scores))
@@ -180,6 +203,8 @@ class GlobalMagnitude(Magnitude):
     no layer is pruned to death. All weights in the pool must follow the
     same schedule.
     """
+
+    alias = "global"
 
     is_global = True
 
@@ -229,6 +254,8 @@ class BlockSparsity(PruningPattern):
         ValueError: for a bad block shape or pooling; at build time, if a
             block is larger than the weight or has more axes than it.
     """
+
+    alias = "block"
 
     def __init__(self, block_shape: Sequence[int] = (1, 4), pooling: str = "avg"):
         block_shape = tuple(block_shape)
@@ -309,6 +336,8 @@ class InputBlockSparsity(PruningPattern):
             multiple of `size`.
     """
 
+    alias = "input_blocks"
+
     def __init__(self, size: int = 4):
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"InputBlockSparsity: `size` must be a positive int, got {size!r}.")
@@ -373,6 +402,8 @@ class NMSparsity(PruningPattern):
             time, for a weight of rank < 2 or whose axis is not a multiple
             of `m`.
     """
+
+    alias = "n:m"
 
     def __init__(self, n: int = 2, m: int = 4, axis: int | None = None):
         for name, value in (("n", n), ("m", m)):
@@ -464,6 +495,8 @@ class StructuredSparsity(PruningPattern):
             rank < 2.
     """
 
+    alias = "structured"
+
     def __init__(self, axis: str | int = "output", norm: str = "l2"):
         named = axis in ("output", "input")
         if not named and (not isinstance(axis, int) or isinstance(axis, bool)):
@@ -550,19 +583,14 @@ def get(identifier: Any) -> PruningPattern:
         return Magnitude()
     if isinstance(identifier, PruningPattern):
         return identifier
-    names = {
-        "magnitude": Magnitude, "global": GlobalMagnitude,
-        "block": BlockSparsity, "n:m": NMSparsity, "structured": StructuredSparsity,
-        "input_blocks": InputBlockSparsity,
-    }
-    if isinstance(identifier, str) and identifier.lower() in names:
-        return names[identifier.lower()]()
+    if isinstance(identifier, str) and identifier.lower() in _REGISTRY:
+        return _REGISTRY[identifier.lower()]()
     if isinstance(identifier, dict):
         pattern = keras.saving.deserialize_keras_object(identifier)
         if isinstance(pattern, PruningPattern):
             return pattern
+    classes = ", ".join(cls.__name__ for cls in _REGISTRY.values())
     raise TypeError(
-        "Expected a pruning pattern (Magnitude, GlobalMagnitude, BlockSparsity, "
-        "InputBlockSparsity, NMSparsity, StructuredSparsity) or one of "
-        f"{sorted(names)}, got {identifier!r}."
+        f"Expected a pruning pattern ({classes}) or one of {sorted(_REGISTRY)}. "
+        f"Received: {identifier!r}"
     )

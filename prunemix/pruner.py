@@ -180,7 +180,7 @@ class Pruner(keras.layers.Layer):
         for _, pattern, members in self._groups:
             # A planned pattern's masks follow its weights' order: never positions
             # that drifted.
-            if getattr(pattern, "keys", None) not in (None, [p.key for p in members]):
+            if pattern.keys not in (None, [p.key for p in members]):
                 raise AssertionError(f"prunemix: {pattern!r} was planned for other weights.")
         # The distinct schedules, in order: one mask-update decision each.
         self._schedules = list(dict.fromkeys(s for s, _, _ in self._groups))

@@ -568,3 +568,16 @@ def test_conv_transpose_input_and_output_axes():
         pruning_policy=[prunemix.Rule("*", pattern=prunemix.StructuredSparsity("output"))],
     )
     assert structured.pruner.pruned_weights[0].pattern.axis == 2  # the 12 filters
+
+
+def test_patterns_are_found_by_alias_from_one_registry():
+    assert type(prunemix.patterns.get("channels")) is prunemix.ChannelGroups
+    assert type(prunemix.patterns.get("n:m")) is prunemix.NMSparsity
+
+    class Every2nd(prunemix.Magnitude):
+        alias = "every2nd_test"
+
+    assert type(prunemix.patterns.get("every2nd_test")) is Every2nd
+    assert not prunemix.Magnitude.needs_graph and prunemix.ChannelGroups.needs_graph
+    with pytest.raises(TypeError, match=r"one of \[.*'channels'.*\]\. Received: 'nope'"):
+        prunemix.patterns.get("nope")
