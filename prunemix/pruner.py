@@ -13,8 +13,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from prunemix import channels, policy, saving, schedules
+from prunemix import policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
+from prunemix.structured import channels
 
 __all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
 

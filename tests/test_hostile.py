@@ -80,7 +80,7 @@ def test_shrink_keeps_channels_that_a_mixing_activation_reads(build):
     x = X8 if len(model.inputs[0].shape) == 2 else IMG
     small = prunemix.shrink(model)
     assert_same_predictions(small, model, x)
-    assert "mixes channels" in prunemix.channel_groups(model).summary()
+    assert "mixes channels" in prunemix.channel_graph(model).summary()
 
 
 # -- 3: subclasses of built-in layers that compute something else --------------------------
@@ -106,7 +106,7 @@ def test_subclass_with_its_own_computation_ends_the_group():
     zero_units(model.get_layer("c1"), [0, 1])
     zero_units(model.get_layer("d1"), [1, 3])
     assert_same_predictions(prunemix.shrink(model), model, IMG)
-    ended = prunemix.channel_groups(model).ended_by
+    ended = prunemix.channel_graph(model).ended_by
     assert "overrides `convolution_op`" in ended["ws"]
     assert "overrides `call`" in ended["cos"]
 
@@ -124,7 +124,7 @@ class ChannelScale(L.Layer):
         return x * self.scale
 
 
-class ChannelScaleHandler(prunemix.handlers.ChannelHandler):
+class ChannelScaleHandler(prunemix.structured.handlers.ChannelHandler):
     def connect(self, graph, layer, ins, outs, info):
         graph.tie(ins[0], outs[0])
         graph.tie(outs[0], graph.weight(layer, layer.scale, 0))
@@ -134,15 +134,15 @@ class ChannelScaleHandler(prunemix.handlers.ChannelHandler):
 
 
 def test_registered_handlers_analyse_classes_prunemix_does_not_know(monkeypatch):
-    monkeypatch.setattr(sys.modules["prunemix.handlers"], "_REGISTERED", {})
+    monkeypatch.setattr(sys.modules["prunemix.structured.handlers"], "_REGISTERED", {})
     i = keras.Input((8,))
     h = ChannelScale(name="scale")(LoggedDense(6, name="logged")(i))
     model = keras.Model(i, L.Dense(2)(h))
-    assert "LoggedDense overrides `call`" in prunemix.channel_groups(model).ended_by["logged"]
-    assert "not understood" in prunemix.channel_groups(model).ended_by["scale"]
+    assert "LoggedDense overrides `call`" in prunemix.channel_graph(model).ended_by["logged"]
+    assert "not understood" in prunemix.channel_graph(model).ended_by["scale"]
     prunemix.register_channel_handler(LoggedDense, L.Dense)
     prunemix.register_channel_handler(ChannelScale, ChannelScaleHandler())
-    assert not prunemix.channel_groups(model).ended_by
+    assert not prunemix.channel_graph(model).ended_by
     zero_units(model.get_layer("logged"), [0, 4])
     small = prunemix.shrink(model)
     assert isinstance(small.get_layer("logged"), LoggedDense)
@@ -398,19 +398,19 @@ def test_shrink_keeps_lora_and_quantized_layers_whole():
     lora.lora_kernel_b.assign(np.ones((2, 5), "float32"))
     zero_units(model.get_layer("a"), [0, 3])
     assert_same_predictions(prunemix.shrink(model), model, X8)
-    assert "LoRA" in prunemix.channel_groups(model).ended_by["lora"]
+    assert "LoRA" in prunemix.channel_graph(model).ended_by["lora"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "InputLayer does not have a `quantize` method"
         model.quantize("int8")
     assert_same_predictions(prunemix.shrink(model), model, X8)
-    assert "quantized (int8)" in prunemix.channel_groups(model).ended_by["a"]
+    assert "quantized (int8)" in prunemix.channel_graph(model).ended_by["a"]
 
 
 def test_channel_groups_of_a_gpt2_task_ends_at_the_tied_embedding():
     from tests import hub_models
 
     lm = hub_models.gpt2()
-    graph = prunemix.channel_groups(lm)
+    graph = prunemix.channel_graph(lm)
     assert any("ReversibleEmbedding overrides" in reason for reason in graph.ended_by.values())
 
 

@@ -286,12 +286,12 @@ def test_subclassing_a_users_own_model_with_pruned_model(tmp_path):
 def test_every_keras_hub_layer_named_by_the_handlers_exists():
     import importlib
 
-    for qualified in prunemix.handlers._BY_NAME:
+    for qualified in prunemix.structured.handlers._BY_NAME:
         module, name = qualified.rsplit(".", 1)
         layer_class = getattr(importlib.import_module(module), name)
-        handler, _ = prunemix.handlers.handler_for(
+        handler, _ = prunemix.structured.handlers.handler_for(
             layer_class.__new__(layer_class))  # found by name, without building one
-        assert handler is prunemix.handlers._BY_NAME[qualified]
+        assert handler is prunemix.structured.handlers._BY_NAME[qualified]
 
 
 # Mistral and Qwen use the Llama handler's layout (gate, up, down): named above.
@@ -308,7 +308,7 @@ def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_pa
     pruned.pruner.update_masks(step=1)
     pruned.pruner.apply_masks()
     for layer in pruned.backbone.transformer_layers:  # exactly half the units, every layer
-        handler, _ = prunemix.handlers.handler_for(layer)
+        handler, _ = prunemix.structured.handlers.handler_for(layer)
         up = np.asarray(getattr(layer, handler.up).kernel)
         down = np.asarray(getattr(layer, handler.down).kernel)
         units = up.shape[-1]  # 32 (Gemma: 16, half its intermediate_dim)

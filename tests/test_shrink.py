@@ -42,7 +42,7 @@ def dead_channels(model, layer, weight="kernel", axis=-1):
 
 
 def test_groups_follow_the_graph_not_the_layers():
-    graph = prunemix.channel_groups(residual_cnn())
+    graph = prunemix.channel_graph(residual_cnn())
     sizes = sorted(len(g) for g in graph.groups)
     # input (3, kept), Add + Concatenate (6 + 4), hidden Dense (7), output (5, kept)
     assert sizes == [3, 5, 7, 10]
@@ -64,7 +64,7 @@ def transformer_block(heads=2):
 
 def test_layer_norm_ends_groups_and_attention_heads_and_ffn_units_are_free():
     model = transformer_block()
-    graph = prunemix.channel_groups(model)
+    graph = prunemix.channel_graph(model)
     assert "mha" not in graph.ended_by
     assert "normalizes over the channels" in graph.ended_by["ln"]
     free = [g for g in graph.groups if not any(c in graph.blocked for c in g)]
@@ -336,7 +336,7 @@ def test_keras_applications_shrink_at_half_the_channels(name):
     np.testing.assert_allclose(small.predict(x, verbose=0), want,
                                atol=1e-4 * max(1.0, float(np.abs(want).max())))
     assert small.count_params() < 0.5 * dense.count_params()
-    graph = prunemix.channel_groups(dense)
+    graph = prunemix.channel_graph(dense)
     assert len(graph.groups) > 10
 
 

@@ -382,13 +382,13 @@ def _io():
 
 def test_pruned_count_is_never_negative_and_percentages_are_errors():
     with pytest.raises(ValueError, match="not a percentage"):
-        prunemix.magnitude_mask(np.ones(4, "float32"), 50)
+        prunemix.masks.magnitude_mask(np.ones(4, "float32"), 50)
     with pytest.raises(ValueError, match="not a percentage"):
-        prunemix.pruned_count(1.5, 10)
+        prunemix.masks.pruned_count(1.5, 10)
 
     @tf.function
     def traced(s):
-        return prunemix.pruned_count(s, 10)
+        return prunemix.masks.pruned_count(s, 10)
 
     assert int(traced(tf.constant(float("nan"), tf.float64))) == 0
     assert int(traced(tf.constant(7.0, tf.float64))) == 10

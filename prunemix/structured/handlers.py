@@ -4,7 +4,7 @@ A handler says how a layer call ties channels (`connect`), what a removed
 channel's constant becomes through it (`value`), which removed input
 channels it cannot absorb (`unremovable`), what it folds into its bias
 (`fold`), and how to re-create the layer smaller (`resized`).
-`prunemix.graph` builds the groups with them and `prunemix.shrink`
+`prunemix.structured.graph` builds the groups with them and `shrink`
 re-creates layers with them. `handler_for(layer)` finds a layer's handler
 by the nearest class of the table in its MRO; a class in between that
 overrides what the layer computes (`call`, `convolution_op`, ...) is not
@@ -104,7 +104,7 @@ class ChannelHandler:
         def call(self, x):
             return x * self.scale
 
-    class ChannelScaleHandler(prunemix.handlers.ChannelHandler):
+    class ChannelScaleHandler(prunemix.structured.ChannelHandler):
         def connect(self, graph, layer, ins, outs, info):
             graph.tie(ins[0], outs[0])
             graph.tie(outs[0], graph.weight(layer, layer.scale, 0))
@@ -800,14 +800,14 @@ def register_channel_handler(cls: type, handler) -> type:
     The channel-graph twin of `register_prunable`: without it, a layer
     class prunemix does not know (a custom layer, a keras_hub layer, a
     subclass of a built-in layer that overrides `call`) ends its groups, and
-    its neighbours' channels are kept. Register the class and `channel_groups`,
+    its neighbours' channels are kept. Register the class and `channel_graph`,
     `ChannelGroups` and `shrink` analyse it with `handler`. Subclasses of
     `cls` use it too, unless they override `call` themselves. Registering a
     class again replaces its handler.
 
     Args:
         cls: a `keras.layers.Layer` subclass.
-        handler: a `prunemix.handlers.ChannelHandler` instance, or a Keras
+        handler: a `prunemix.structured.ChannelHandler` instance, or a Keras
             layer class prunemix knows (e.g. `keras.layers.Dense`): `cls`
             then computes as that class does, whatever its own `call` says.
 
@@ -837,7 +837,7 @@ def register_channel_handler(cls: type, handler) -> type:
     if not isinstance(handler, ChannelHandler):
         raise TypeError(
             f"register_channel_handler({cls.__name__}, handler): `handler` must be a "
-            "prunemix.handlers.ChannelHandler or a Keras layer class prunemix knows "
+            "prunemix.structured.ChannelHandler or a Keras layer class prunemix knows "
             f"(e.g. keras.layers.Dense). Received: {handler!r}"
         )
     _REGISTERED[cls] = handler

@@ -9,8 +9,8 @@ import numpy as np
 
 from prunemix import _keras_compat, _validate
 from prunemix.export import strip_pruning
-from prunemix.graph import ChannelGraph, weight_value
 from prunemix.model import own_config
+from prunemix.structured.graph import ChannelGraph, weight_value
 
 __all__ = ["shrink", "shrink_dense"]
 
@@ -48,7 +48,7 @@ def shrink(model: keras.Model) -> keras.Model:
     Finds every channel whose weights are all zero, from any pruning method
     or set by hand (e.g. after `ChannelGroups`, or `StructuredSparsity` on
     a layer's outputs), follows its dependency group through the graph
-    (`prunemix.channel_groups`: residual adds, concatenations, BatchNorm,
+    (`prunemix.channel_graph`: residual adds, concatenations, BatchNorm,
     depthwise and separable convolutions, flatten, pooling, ...) and removes
     it everywhere at once: the producing layers' output slices and biases,
     the normalization statistics, and the reading layers' input slices. A

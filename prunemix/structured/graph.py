@@ -19,7 +19,7 @@ A Keras `MultiHeadAttention` keeps its input and output width, and its heads
 are a group of their own: a head is its slices of the query, key and value
 projections and its rows of the output projection. keras_hub's Transformer
 layers do the same for their heads and feed-forward units
-(`prunemix.handlers.Transformer`).
+(`prunemix.structured.handlers.Transformer`).
 
 Safety: model inputs and outputs, and every tensor touching a layer this
 module does not understand (other attention layers, RNNs, nested models,
@@ -33,13 +33,15 @@ or a constant a `Dense` (or `"valid"` convolution) can fold into its bias.
 from __future__ import annotations
 
 import collections
+import warnings
 
 import keras
 import numpy as np
 
-from prunemix import _keras_compat, handlers
+from prunemix import _keras_compat
+from prunemix.structured import handlers
 
-__all__ = ["ChannelGraph", "channel_groups", "weight_value"]
+__all__ = ["ChannelGraph", "channel_graph", "channel_groups", "weight_value"]
 
 
 def weight_value(variable) -> np.ndarray:
@@ -78,7 +80,7 @@ def backbone_of(model):
 class ChannelGraph:
     """The channel dependency groups of a functional or Sequential model.
 
-    Build it with `prunemix.channel_groups(model)`.
+    Build it with `prunemix.channel_graph(model)`.
 
     Attributes:
         model: the model analysed.
@@ -287,12 +289,13 @@ class ChannelGraph:
         return values
 
 
-def channel_groups(model: keras.Model) -> ChannelGraph:
+def channel_graph(model: keras.Model) -> ChannelGraph:
     """The channel dependency groups of a functional or Sequential model.
 
     Args:
         model: a built functional or Sequential model (a `PrunedModel` built
-            functionally, a `prune_model` copy, `keras.applications`).
+            functionally, a `prune_model` copy, `keras.applications`), or a
+            keras_hub task or backbone (its backbone's graph).
 
     Returns:
         A `ChannelGraph`: `groups` (lists of class ids, one class per
@@ -306,9 +309,17 @@ def channel_groups(model: keras.Model) -> ChannelGraph:
     Example:
 
     ```python
-    graph = prunemix.channel_groups(keras.applications.MobileNetV2(
+    graph = prunemix.channel_graph(keras.applications.MobileNetV2(
         input_shape=(96, 96, 3), weights=None))
     print(graph.summary())
     ```
     """
+    return ChannelGraph(model)
+
+
+def channel_groups(model: keras.Model) -> ChannelGraph:
+    """Deprecated: use `prunemix.channel_graph` (the same function; this
+    name read like the `ChannelGroups` pattern)."""
+    warnings.warn("prunemix.channel_groups is deprecated; use prunemix.channel_graph.",
+                  DeprecationWarning, stacklevel=2)
     return ChannelGraph(model)

@@ -1,7 +1,7 @@
 """`ChannelGroups`: prune whole channels group by group, as they will be removed.
 
 The pattern is planned over the model's graph at build time
-(`prunemix.graph`): every weight slice of a removable channel (the
+(`prunemix.structured.graph`): every weight slice of a removable channel (the
 producing kernels' output slices, biases, BatchNormalization scale and
 offset, depthwise kernels, and the reading layers' input slices) is masked
 together, so a pruned channel is exactly zero everywhere and `shrink()`
@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 
 from prunemix import masks, policy
-from prunemix.graph import ChannelGraph, weight_value
 from prunemix.patterns import PruningPattern
 from prunemix.prunable import locate_weights
+from prunemix.structured.graph import ChannelGraph, weight_value
 
 __all__ = ["ChannelGroups", "plan"]
 
@@ -46,8 +46,8 @@ class ChannelGroups(PruningPattern):
     `pattern="channels"`). A group is pruned only when every prunable
     weight coupled in it uses this pattern: excluding a layer keeps its
     channels, and those of every layer coupled to it. Channels next to model
-    inputs and outputs and to layers `prunemix.graph` does not understand are
-    kept (`prunemix.channel_groups(model).summary()` says which).
+    inputs and outputs and to layers the graph does not understand are
+    kept (`prunemix.channel_graph(model).summary()` says which).
 
     Args:
         norm: `"l2"` (default) or `"l1"`.
@@ -226,7 +226,7 @@ def plan(model, located: list, specs: dict) -> tuple:
         raise ValueError(
             f"ChannelGroups: model '{model.name}' has no channel group it can prune (every "
             "group touches a model input or output, a layer the graph does not understand, "
-            "or a weight pruned another way). `prunemix.channel_groups(model).summary()` "
+            "or a weight pruned another way). `prunemix.channel_graph(model).summary()` "
             "says why each is kept."
         )
     extra = [(s.layer, s.ref) for _, s in planned_vars.values() if id(s.ref) not in registry]
