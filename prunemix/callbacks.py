@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from prunemix import _validate
+
 __all__ = ["PruningSummaries"]
 
 # The metadata `tf.summary.scalar` writes, so TensorBoard shows these as
@@ -60,10 +62,8 @@ class PruningSummaries(keras.callbacks.Callback):
         if update_freq != "epoch" and (
             isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1
         ):
-            raise ValueError(
-                "`update_freq` must be 'epoch' or a positive integer (batches). "
-                f"Received: update_freq={update_freq!r}"
-            )
+            raise ValueError(_validate.say("PruningSummaries", "update_freq",
+                                           "'epoch' or a positive int (batches)", update_freq))
         self.log_dir = os.fspath(log_dir)
         self.update_freq = update_freq
         self._writer = None

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunemix import _validate
 from prunemix import policy as policy_lib
 from prunemix.axes import kernel_input_axes, layer_input_axis
 from prunemix.patterns import Magnitude, NMSparsity
@@ -413,11 +414,8 @@ def prune_oneshot(
     print(report)
     ```
     """
-    if not isinstance(sparsity, int | float) or isinstance(sparsity, bool) or \
-            not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"`sparsity` must be in [0, 1). Received: sparsity={sparsity!r}")
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+    _validate.fraction(sparsity, "sparsity")
+    _validate.one_of(method, "method", METHODS)
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(
             f"prune_oneshot takes a built keras.Model. Received: {getattr(model, 'name', model)!r}"

@@ -38,7 +38,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from prunemix import masks
+from prunemix import _validate, masks
 from prunemix.axes import input_axis, kernel_input_axes, layer_input_axis, layer_output_axis
 
 __all__ = [
@@ -263,11 +263,10 @@ class BlockSparsity(PruningPattern):
             isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block_shape
         ):
             raise ValueError(
-                f"BlockSparsity: `block_shape` must be a tuple of positive ints, got "
-                f"{block_shape!r}."
+                "BlockSparsity: `block_shape` must be a tuple of positive ints. Received: "
+                f"block_shape={block_shape!r}"
             )
-        if pooling not in ("avg", "max"):
-            raise ValueError(f"BlockSparsity: `pooling` must be 'avg' or 'max', got {pooling!r}.")
+        _validate.one_of(pooling, "pooling", ("avg", "max"), where="BlockSparsity")
         self.block_shape, self.pooling = block_shape, pooling
 
     def _full_block(self, rank: int) -> tuple:
@@ -339,9 +338,7 @@ class InputBlockSparsity(PruningPattern):
     alias = "input_blocks"
 
     def __init__(self, size: int = 4):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"InputBlockSparsity: `size` must be a positive int, got {size!r}.")
-        self.size = size
+        self.size = _validate.integer(size, "size", where="InputBlockSparsity")
 
     def _axis(self, layer, weight) -> int:
         axes = kernel_input_axes(layer, weight)
@@ -407,8 +404,7 @@ class NMSparsity(PruningPattern):
 
     def __init__(self, n: int = 2, m: int = 4, axis: int | None = None):
         for name, value in (("n", n), ("m", m)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"NMSparsity: `{name}` must be a positive int, got {value!r}.")
+            _validate.integer(value, name, where="NMSparsity")
         if n >= m:
             raise ValueError(
                 f"NMSparsity: `n` ({n}) must be smaller than `m` ({m}); n zeros are "
@@ -501,10 +497,10 @@ class StructuredSparsity(PruningPattern):
         named = axis in ("output", "input")
         if not named and (not isinstance(axis, int) or isinstance(axis, bool)):
             raise ValueError(
-                f"StructuredSparsity: `axis` must be 'output', 'input' or an int, got {axis!r}."
+                "StructuredSparsity: `axis` must be 'output', 'input' or an int. Received: "
+                f"axis={axis!r}"
             )
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"StructuredSparsity: `norm` must be 'l1' or 'l2', got {norm!r}.")
+        _validate.one_of(norm, "norm", ("l1", "l2"), where="StructuredSparsity")
         self.axis, self.norm = axis, norm
 
     def _axis(self, rank: int) -> int:

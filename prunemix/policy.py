@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from prunemix import patterns, schedules
+from prunemix import _validate, patterns, schedules
 from prunemix.prunable import default_pattern_of
 
 __all__ = ["Rule", "Spec", "deserialize_resolution", "get_policy", "resolve",
@@ -128,15 +128,16 @@ class Rule:
         )
         self.pattern = None if pattern is None else patterns.get(pattern)
         if score is not None and not callable(score):
-            raise TypeError(f"Rule: `score` must be a callable, got {score!r}.")
+            raise TypeError(f"Rule: `score` must be a callable. Received: score={score!r}")
         self.score = score
         self._schedules = {}
         self.min_sparsity = schedules._check_sparsity("min_sparsity", min_sparsity)
-        self.max_sparsity = float(max_sparsity)
-        if not 0.0 <= self.max_sparsity <= 1.0 or self.max_sparsity < self.min_sparsity:
+        self.max_sparsity = _validate.fraction(max_sparsity, "max_sparsity", where="Rule",
+                                               closed=True, error=TypeError)
+        if self.max_sparsity < self.min_sparsity:
             raise ValueError(
                 f"Rule: `max_sparsity` must be in [min_sparsity, 1] = "
-                f"[{self.min_sparsity}, 1], got {max_sparsity!r}."
+                f"[{self.min_sparsity}, 1]. Received: max_sparsity={max_sparsity!r}"
             )
         if exclude and any(
             v is not None for v in (schedule, final_sparsity, pattern, score)
@@ -151,7 +152,7 @@ class Rule:
             return [cls._check_match(m) for m in match]
         raise TypeError(
             "Rule: `match` must be a layer name or glob pattern, a layer class, a "
-            f"callable (layer, weight) -> bool, or a list of those; got {match!r}."
+            f"callable (layer, weight) -> bool, or a list of those. Received: match={match!r}"
         )
 
     def matches(self, layer, weight, path: str | None = None) -> bool:
@@ -230,7 +231,7 @@ def get_policy(policy: Any) -> list:
         policy = [policy]
     if not isinstance(policy, Sequence) or isinstance(policy, str):
         raise TypeError(
-            f"`pruning_policy` must be a list of `prunemix.Rule`s, got {policy!r}."
+            f"`pruning_policy` must be a list of `prunemix.Rule`s. Received: {policy!r}"
         )
     rules = []
     for rule in policy:
@@ -238,7 +239,7 @@ def get_policy(policy: Any) -> list:
             rule = keras.saving.deserialize_keras_object(rule)
         if not isinstance(rule, Rule):
             raise TypeError(
-                f"`pruning_policy` must be a list of `prunemix.Rule`s; got {rule!r}."
+                f"`pruning_policy` must be a list of `prunemix.Rule`s. Received: {rule!r}"
             )
         rules.append(rule)
     return rules

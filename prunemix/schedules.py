@@ -28,32 +28,19 @@ from typing import Any
 import keras
 from keras import ops
 
+from prunemix import _validate
+
 __all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule", "check_values", "get"]
 
 _PROBE_STEPS = (0, 1, 2, 10, 100, 1000, 10_000, 100_000, 1_000_000)
 
 
 def _check_sparsity(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}` must be a float in [0, 1). Received: {name}={value!r}"
-        )
-    value = float(value)
-    if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`{name}` must be in [0, 1) (a fraction, not a percentage). "
-            f"Received: {name}={value}"
-        )
-    return value
+    return _validate.fraction(value, name, error=TypeError)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer. Received: {name}={value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value}")
-    return value
+    return _validate.integer(value, name, minimum=minimum, error=TypeError)
 
 
 def _check_steps(begin_step: Any, end_step: Any, frequency: Any, allow_forever: bool):

@@ -41,3 +41,34 @@ def test_structured_modules_keep_their_0x_paths():
     assert callable(prunemix.shrink) and prunemix.shrink is prunemix.structured.shrink
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         prunemix.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: prunemix.ConstantSparsity(1.5, 0), ValueError,
+     "`target_sparsity` must be a fraction in [0, 1), not a percentage. "
+     "Received: target_sparsity=1.5"),
+    (lambda: prunemix.ConstantSparsity(0.5, 0, frequency=0), ValueError,
+     "`frequency` must be a positive int. Received: frequency=0"),
+    (lambda: prunemix.NMSparsity(2.5, 4), ValueError,
+     "NMSparsity: `n` must be a positive int. Received: n=2.5"),
+    (lambda: prunemix.InputBlockSparsity(0), ValueError,
+     "InputBlockSparsity: `size` must be a positive int. Received: size=0"),
+    (lambda: prunemix.ChannelGroups(round_to=True), ValueError,
+     "ChannelGroups: `round_to` must be a positive int. Received: round_to=True"),
+    (lambda: prunemix.ChannelGroups(norm="l3"), ValueError,
+     "ChannelGroups: `norm` must be one of 'l1', 'l2'. Received: norm='l3'"),
+    (lambda: prunemix.StructuredSparsity(norm="max"), ValueError,
+     "StructuredSparsity: `norm` must be one of 'l1', 'l2'. Received: norm='max'"),
+    (lambda: prunemix.BlockSparsity((2, 2), pooling="sum"), ValueError,
+     "BlockSparsity: `pooling` must be one of 'avg', 'max'. Received: pooling='sum'"),
+    (lambda: prunemix.Rule("*", max_sparsity=2.0), ValueError,
+     "Rule: `max_sparsity` must be a fraction in [0, 1], not a percentage. "
+     "Received: max_sparsity=2.0"),
+    (lambda: prunemix.PruningSummaries("/tmp/x", update_freq=0), ValueError,
+     "PruningSummaries: `update_freq` must be 'epoch' or a positive int (batches). "
+     "Received: update_freq=0"),
+])
+def test_argument_errors_share_one_wording(make, error, message):
+    with pytest.raises(error) as caught:
+        make()
+    assert str(caught.value) == message

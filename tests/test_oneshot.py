@@ -212,7 +212,8 @@ def test_bad_input_is_refused_before_anything_changes():
     model = mlp()
     before = [w.copy() for w in model.get_weights()]
     x = RNG.normal(size=(8, 12)).astype("float32")
-    with pytest.raises(ValueError, match=r"`sparsity` must be in \[0, 1\). Received: sparsity=1.5"):
+    with pytest.raises(ValueError, match=r"`sparsity` must be a fraction in \[0, 1\), not a "
+                                         r"percentage. Received: sparsity=1.5"):
         prunemix.prune_oneshot(model, x, sparsity=1.5)
     with pytest.raises(ValueError, match="Received: method='obs'"):
         prunemix.prune_oneshot(model, x, method="obs")

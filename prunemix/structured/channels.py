@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from prunemix import masks, policy
+from prunemix import _validate, masks, policy
 from prunemix.patterns import PruningPattern
 from prunemix.prunable import locate_weights
 from prunemix.structured.graph import ChannelGraph, weight_value
@@ -65,14 +65,9 @@ class ChannelGroups(PruningPattern):
     needs_graph = True
 
     def __init__(self, norm: str = "l2", reduction: str = "mean", round_to: int = 1):
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"ChannelGroups: `norm` must be 'l1' or 'l2', got {norm!r}.")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(
-                f"ChannelGroups: `reduction` must be 'mean' or 'sum', got {reduction!r}."
-            )
-        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-            raise ValueError(f"ChannelGroups: `round_to` must be a positive int, got {round_to!r}.")
+        _validate.one_of(norm, "norm", ("l1", "l2"), where="ChannelGroups")
+        _validate.one_of(reduction, "reduction", ("mean", "sum"), where="ChannelGroups")
+        _validate.integer(round_to, "round_to", where="ChannelGroups")
         self.norm, self.reduction, self.round_to = norm, reduction, round_to
         self._plan = None
 
