@@ -11,8 +11,26 @@ import numpy as np
 
 from prunemix.prunable import locate_prunable_weights
 
-__all__ = ["SparsityReport", "WeightSparsity", "compressed_size", "model_weights",
+__all__ = ["SparsityReport", "WeightSparsity", "compressed_size", "model_weights", "table",
            "sparsity_report"]
+
+
+def table(header: tuple, rows: list, footer: str = "") -> str:
+    """The text table every report prints: left-aligned columns two spaces
+    apart, a dashed rule under the header, then `footer` after a blank line.
+
+    >>> print(table(("op", "rows"), [("FULLY_CONNECTED", 3), ("CONV_2D", 12)]))
+    op               rows
+    ---------------  ----
+    FULLY_CONNECTED  3
+    CONV_2D          12
+    """
+    cells = [tuple(map(str, row)) for row in [header, *rows]]
+    widths = [max(len(c) for c in col) for col in zip(*cells, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + (f"\n\n{footer}" if footer else "")
 
 
 def model_weights(model) -> list:
@@ -64,11 +82,7 @@ class SparsityReport(list):
         ]
         rows.append(("total", "", "", f"{self.zeros}/{self.size}", f"{self.sparsity:.2%}")
                     + (("",) if notes else ()))
-        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return table(header, rows)
 
 
 def sparsity_report(model: keras.Model) -> SparsityReport:
