@@ -24,18 +24,21 @@ class PrunedWeight:
 
     `path` is the weight's path relative to the model by layer names (what
     `Rule` globs match); `key` its stable identity, under which its mask is
-    saved. How: `schedule`, `pattern`, `score` (None: `|w|`) and sparsity
+    saved; `spec` how the policy resolved it (a `prunemix.policy.Spec`),
+    read through `schedule`, `pattern`, `score` (None: `|w|`) and sparsity
     `bounds`.
     """
 
-    __slots__ = ("layer", "weight", "mask", "path", "key", "schedule", "pattern", "score",
-                 "bounds")
+    __slots__ = ("layer", "weight", "mask", "path", "key", "spec")
 
     def __init__(self, layer, weight, mask, path: str, spec, key: str | None = None):
         self.layer, self.weight, self.mask, self.path = layer, weight, mask, path
-        self.key = key or spec.key
-        self.schedule, self.pattern = spec.schedule, spec.pattern
-        self.score, self.bounds = spec.score, spec.bounds
+        self.key, self.spec = key or spec.key, spec
+
+    schedule = property(lambda self: self.spec.schedule, doc="The weight's schedule.")
+    pattern = property(lambda self: self.spec.pattern, doc="The weight's pattern.")
+    score = property(lambda self: self.spec.score, doc="Its score function, or None: `|w|`.")
+    bounds = property(lambda self: self.spec.bounds, doc="`(min_sparsity, max_sparsity)`.")
 
     def scores(self):
         """Importance of each entry (patterns rank by `|scores|`): `score(self)`,
