@@ -26,6 +26,7 @@ from prunemix.litert import (
     xnnpack_sparse_report,
 )
 from prunemix.model import PrunedModel, pruned_class
+from prunemix.model_copy import prune_model
 from prunemix.oneshot import prune_oneshot
 from prunemix.patterns import (
     BlockSparsity,
@@ -44,7 +45,6 @@ from prunemix.prunable import (
     prunable_weights_of,
     register_prunable,
 )
-from prunemix.prune import prune_model
 from prunemix.pruner import PrunedWeight, Pruner
 from prunemix.report import SparsityReport, compressed_size, sparsity_report
 from prunemix.saving import load_model
@@ -60,10 +60,11 @@ from prunemix.structured import (  # noqa: F401  (0.x paths)
     shrink,
 )
 
-# The structured modules' 0.x paths (`prunemix.graph`, ...) name the same
-# module objects.
+# The 0.x paths of moved modules (`prunemix.graph`, `prunemix.prune`, ...)
+# name the same module objects.
 for _name in ("channels", "graph", "handlers", "shrink"):
     sys.modules[f"{__name__}.{_name}"] = sys.modules[f"{__name__}.structured.{_name}"]
+sys.modules[f"{__name__}.prune"] = sys.modules[f"{__name__}.model_copy"]  # read like `pruner`
 
 __all__ = [
     "BlockSparsity",

@@ -39,6 +39,7 @@ def test_structured_modules_keep_their_0x_paths():
     assert importlib.import_module("prunemix.shrink") is \
         importlib.import_module("prunemix.structured.shrink")
     assert callable(prunemix.shrink) and prunemix.shrink is prunemix.structured.shrink
+    assert importlib.import_module("prunemix.prune").prune_model is prunemix.prune_model
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         prunemix.nope  # noqa: B018
 
