@@ -10,7 +10,20 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["input_axis", "kernel_input_axes", "layer_input_axis", "layer_output_axis"]
+__all__ = ["TRANSPOSED_CONVS", "einsum_specs", "input_axis", "kernel_input_axes",
+           "layer_input_axis", "layer_output_axis"]
+
+#: Convolutions whose kernels are `(..., out, in)`.
+TRANSPOSED_CONVS = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                    keras.layers.Conv3DTranspose)
+
+
+def einsum_specs(layer) -> tuple:
+    """`(input, kernel, output)` letters of an EinsumDense layer's equation
+    (`"abc,cde->abde"` gives `("abc", "cde", "abde")`): the one parse of it."""
+    inputs, rest = layer.equation.split(",")
+    kernel, output = rest.split("->")
+    return inputs, kernel, output
 
 
 def input_axis(rank: int) -> int:
@@ -27,17 +40,12 @@ def kernel_input_axes(layer, weight) -> tuple:
     projection, gives `(0, 1)`). Other layers: `()`.
     """
     if isinstance(layer, keras.layers.EinsumDense) and weight is layer.kernel:
-        inputs, rest = layer.equation.split(",")
-        kernel, output = rest.split("->")
+        inputs, kernel, output = einsum_specs(layer)
         return tuple(i for i, c in enumerate(kernel) if c in inputs and c not in output)
     if isinstance(layer, keras.layers.Dense) and len(weight.shape) == 2 and \
             weight is layer.kernel:
         return (0,)
     return ()
-
-
-_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-               keras.layers.Conv3DTranspose)
 
 
 def layer_input_axis(layer, weight) -> int:
@@ -53,7 +61,7 @@ def layer_input_axis(layer, weight) -> int:
     axes = kernel_input_axes(layer, weight)
     if axes:
         return axes[-1]
-    if isinstance(layer, _TRANSPOSED) and rank >= 3:
+    if isinstance(layer, TRANSPOSED_CONVS) and rank >= 3:
         return rank - 1
     return input_axis(rank) % rank
 
@@ -62,4 +70,4 @@ def layer_output_axis(layer, weight) -> int:
     """The output axis of `weight` (non-negative): the last, or -2 for
     Conv*Transpose kernels `(..., out, in)`."""
     rank = len(weight.shape)
-    return rank - 2 if isinstance(layer, _TRANSPOSED) and rank >= 3 else rank - 1
+    return rank - 2 if isinstance(layer, TRANSPOSED_CONVS) and rank >= 3 else rank - 1

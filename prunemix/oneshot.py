@@ -19,7 +19,7 @@ import numpy as np
 
 from prunemix import _validate
 from prunemix import policy as policy_lib
-from prunemix.axes import kernel_input_axes, layer_input_axis
+from prunemix.axes import einsum_specs, kernel_input_axes, layer_input_axis
 from prunemix.patterns import Magnitude, NMSparsity
 from prunemix.prunable import locate_prunable_weights
 from prunemix.report import SparsityReport, WeightSparsity
@@ -76,8 +76,7 @@ class _Target:
     def _trailing(layer, axes) -> bool:
         if not isinstance(layer, keras.layers.EinsumDense):
             return True
-        inputs, rest = layer.equation.split(",")
-        kernel = rest.split("->")[0]
+        inputs, kernel, _ = einsum_specs(layer)
         return inputs.endswith(kernel[:len(axes)])
 
     def matrix(self) -> np.ndarray:

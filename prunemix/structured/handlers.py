@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from prunemix import _keras_compat
+from prunemix.axes import TRANSPOSED_CONVS, einsum_specs
 from prunemix.prunable import builtin_variable
 
 L = keras.layers
@@ -61,8 +62,7 @@ def einsum_axes(layer):
     """`(in_axis, out_axis, bias_axis)` of an EinsumDense kernel, or None when
     its equation does not map the input's last axis to one kernel axis and the
     kernel's to the output's last axis."""
-    inputs, rest = layer.equation.split(",")
-    kernel, output = rest.split("->")
+    inputs, kernel, output = einsum_specs(layer)
     i, o = inputs[-1], output[-1]
     if i not in kernel or i in output or o not in kernel or o in inputs or "." in inputs:
         return None
@@ -670,7 +670,7 @@ def _builtin_table() -> dict:
     add([L.Conv1D, L.Conv2D, L.Conv3D],
         Kernel(lambda layer, bias: (builtin_variable(layer, "kernel"), -2, -1, bias, 0),
                fold=_conv_fold, needs=_grouped))
-    add([L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose],
+    add(TRANSPOSED_CONVS,
         Kernel(lambda layer, bias: (builtin_variable(layer, "kernel"), -1, -2, bias, 0)))
     add([L.Embedding], Kernel(lambda layer, bias: (layer.embeddings, None, 1, None, 0)))
     add([L.DepthwiseConv1D, L.DepthwiseConv2D], Depthwise())
