@@ -431,3 +431,25 @@ def test_grouped_query_heads_go_at_one_position_of_every_group():
     assert (small.num_query_heads, small.num_key_value_heads) == (2, 2)
     want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
     np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+def test_llama_heads_prune_in_groups_and_shrink_keeps_them_with_a_warning():
+    task = MODELS["llama"][0]()  # 2 query heads, 1 key/value head
+    pruned = prunemix.prune_model(
+        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    for layer in pruned.backbone.transformer_layers:
+        attention = layer._self_attention_layer
+        query = np.asarray(attention._query_dense.kernel)  # (width, heads, head_dim)
+        output = np.asarray(attention._output_dense.kernel)  # (heads, head_dim, width)
+        gone = [h for h in range(2) if not query[:, h].any()]
+        assert len(gone) == 1 and not output[gone[0]].any()
+    with pytest.warns(UserWarning, match=r"\['transformer_layer_0', 'transformer_layer_1'\] keep "
+                                         r"their zeroed heads .*rotary embeddings"):
+        small = prunemix.shrink(pruned)
+    assert type(small) is type(task) and small.backbone.num_query_heads == 2
+    assert small.backbone.intermediate_dim == 16
+    want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
+    np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, rtol=1e-5, atol=1e-5)

@@ -157,6 +157,12 @@ class ChannelHandler:
         rebuilds the call with `unrolled`), or None."""
         return None
 
+    def keeps(self, layer, info, removed) -> tuple | None:
+        """`(spaces, why)`: spaces whose removable channels the shrunk layer
+        keeps (as the zeros they are), because neither its config nor its
+        parts can express their removal; None to remove them."""
+        return None
+
     def unrolled(self, layer, part, removed, args, kwargs):
         """The layer's outputs for one call (`args`, `kwargs`, symbolic),
         computed in the new functional graph by smaller copies of its
@@ -606,6 +612,12 @@ class Transformer(ChannelHandler):
             return super().unrolled(layer, part, removed, args, kwargs)
         return self.unroll(self, layer, part, removed, args, kwargs)
 
+    def keeps(self, layer, info, removed) -> tuple | None:
+        if self.unroll is not None or not self.unexpressed(layer, removed):
+            return None
+        return info["heads"], (f"keep their zeroed heads (as zeros): {self.why}, and prunemix "
+                               "cannot rebuild them from their parts")
+
     def resized(self, layer, config, kept, old, removed) -> dict:
         up = getattr(layer, self.up)
         gone = removed(_kernel(up), len(up.kernel.shape) - 1)
@@ -747,6 +759,14 @@ def _unroll_keras_hub(handler, layer, part, removed, args, kwargs):
     return x if first else norm(x)
 
 
+def _rotary_heads(layer) -> list:
+    """The grouped-query heads of Llama's, Mistral's and Qwen's attention."""
+    attention = layer._self_attention_layer
+    return [AttentionHeads(attention._query_dense, attention._key_dense,
+                           attention._value_dense, attention._output_dense, 1,
+                           layer.num_query_heads, layer.num_key_value_heads)]
+
+
 def _keras_hub_heads(layer) -> list:
     return [AttentionHeads.of_keras(a) for a in (
         layer._self_attention_layer, getattr(layer, "_cross_attention_layer", None))
@@ -758,17 +778,21 @@ _KERAS_HUB = {**_FFN, "attention": _keras_hub_heads, "unroll": _unroll_keras_hub
               "why": "keras_hub derives its head width as hidden_dim // num_heads"}
 # Classes of other libraries, by qualified name: prunemix never imports them;
 # a class counts once its module is loaded.
+# Llama, Mistral and Qwen: their heads are groups too, but `shrink` keeps
+# them (zeros): the configs derive the head width, and their rotary attention
+# has no Keras layer to rebuild it from.
+_ROTARY = {**_FFN, "gate": "_feedforward_gate_dense", "attention": _rotary_heads,
+           "why": "keras_hub derives its head width as hidden_dim // num_query_heads and "
+                  "applies rotary embeddings inside its attention"}
 _BY_NAME = {
     "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder":
         Transformer(**_KERAS_HUB),
     "keras_hub.src.layers.modeling.transformer_decoder.TransformerDecoder":
         Transformer(**_KERAS_HUB),
-    "keras_hub.src.models.llama.llama_decoder.LlamaTransformerDecoder": Transformer(
-        **_FFN, gate="_feedforward_gate_dense"),
+    "keras_hub.src.models.llama.llama_decoder.LlamaTransformerDecoder": Transformer(**_ROTARY),
     "keras_hub.src.models.mistral.mistral_transformer_decoder.MistralTransformerDecoder":
-        Transformer(**_FFN, gate="_feedforward_gate_dense"),
-    "keras_hub.src.models.qwen.qwen_decoder.QwenTransformerDecoder": Transformer(
-        **_FFN, gate="_feedforward_gate_dense"),
+        Transformer(**_ROTARY),
+    "keras_hub.src.models.qwen.qwen_decoder.QwenTransformerDecoder": Transformer(**_ROTARY),
     # gelu(gating_ffw(x)) * gating_ffw_2(x); `intermediate_dim` is twice the
     # units. Its config names the head width: fewer heads keep the class.
     "keras_hub.src.models.gemma.gemma_decoder_block.GemmaDecoderBlock": Transformer(

@@ -103,12 +103,26 @@ def shrink(model: keras.Model) -> keras.Model:
     values = graph.constants(weight_value)  # once: both checks and folds read them
     removed = _removed_classes(graph, values)
     cls = graph.element_class
-    gone = {id(s): np.nonzero(removed[cls[s.elements]])[0] for s in graph.spaces}
-    deltas = _folds(graph, removed, values)
+
+    def cut() -> dict:  # {id(space): indices removed along it}
+        return {id(s): np.nonzero(removed[cls[s.elements]])[0] for s in graph.spaces}
 
     def removed_along(variable, axis: int) -> int:
         space = graph._weights.get((id(variable), axis % len(variable.shape)))
         return 0 if space is None else len(gone[id(space)])
+
+    gone = cut()
+    keeping: dict = {}  # why -> names of the layers that keep zeros for it
+    for handler, layer, _, _, info in graph.nodes:
+        keep = handler.keeps(layer, info, removed_along)
+        if keep is not None:
+            for space in keep[0]:
+                removed[cls[space.elements]] = False
+            keeping.setdefault(keep[1], []).append(layer.name)
+    for why, names in keeping.items():
+        warnings.warn(f"shrink: layers {names} {why}.", stacklevel=3)
+    gone = cut()
+    deltas = _folds(graph, removed, values)
 
     def trimmed(variable) -> np.ndarray:
         value = keras.ops.convert_to_numpy(variable)
