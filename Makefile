@@ -15,9 +15,9 @@ $(STAMP): setup.py
 digits: $(STAMP)  ## the main job: prune a CNN on scikit-learn's digits
 	$(BIN)/python examples/prune_digits.py
 
-test: $(STAMP)  ## lint, doctests of the pure modules, and the test suite
+test: $(STAMP)  ## lint, doctests of the pure modules, and the test suite (2 processes)
 	$(BIN)/ruff check prunemix tests examples bench
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: $(STAMP)  ## step-time overhead of pruning, pruned vs dense
 	$(BIN)/python bench/overhead.py

@@ -23,8 +23,8 @@ setup(
         "plot": ["matplotlib>=3.7"],
         "litert": ["ai-edge-litert>=2.3"],
         "hub": ["keras-hub>=0.20"],
-        "test": ["pytest>=7", "hypothesis>=6", "ruff>=0.5", "scikit-learn>=1.3",
-                 "keras-hub>=0.20"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.5",
+                 "scikit-learn>=1.3", "keras-hub>=0.20"],
     },
     license="Apache-2.0",
     classifiers=[
