@@ -400,15 +400,20 @@ def test_keras_hub_heads_are_removed_from_a_backbone_rebuilt_from_its_parts(name
         np.testing.assert_allclose(got, want[1:2], rtol=1e-5, atol=1e-5)
 
 
-def test_a_task_whose_heads_its_config_cannot_express_is_refused():
+def test_a_task_keeps_heads_its_config_cannot_express_and_stays_its_class():
+    task = gpt2()
     pruned = prunemix.prune_model(
-        gpt2(), prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
         pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
     pruned.pruner.update_masks(step=1)
     pruned.pruner.apply_masks()
-    with pytest.raises(ValueError, match=r"task 'gpt2_causal_lm' \(GPT2CausalLM\).*layer "
-                                         r"'transformer_layer_0'.*hidden_dim // num_heads"):
-        prunemix.shrink(pruned)
+    with pytest.warns(UserWarning, match=r"keep their zeroed heads \(as zeros\): keras_hub "
+                                         r"derives .*shrink its backbone"):
+        small = prunemix.shrink(pruned)
+    assert type(small) is type(task) and small.backbone.num_heads == 2
+    assert small.backbone.intermediate_dim == 16  # the feed-forward units go
+    want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
+    np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, rtol=1e-5, atol=1e-5)
 
 
 def test_grouped_query_heads_go_at_one_position_of_every_group():

@@ -157,10 +157,12 @@ class ChannelHandler:
         rebuilds the call with `unrolled`), or None."""
         return None
 
-    def keeps(self, layer, info, removed) -> tuple | None:
+    def keeps(self, layer, info, removed, rebuild: bool = True) -> tuple | None:
         """`(spaces, why)`: spaces whose removable channels the shrunk layer
-        keeps (as the zeros they are), because neither its config nor its
-        parts can express their removal; None to remove them."""
+        keeps (as the zeros they are), because its config cannot express
+        their removal and it cannot be rebuilt from its parts (or may not
+        be: `rebuild` is False inside a model that keeps its class, a
+        keras_hub task); None to remove them."""
         return None
 
     def unrolled(self, layer, part, removed, args, kwargs):
@@ -612,9 +614,13 @@ class Transformer(ChannelHandler):
             return super().unrolled(layer, part, removed, args, kwargs)
         return self.unroll(self, layer, part, removed, args, kwargs)
 
-    def keeps(self, layer, info, removed) -> tuple | None:
-        if self.unroll is not None or not self.unexpressed(layer, removed):
+    def keeps(self, layer, info, removed, rebuild: bool = True) -> tuple | None:
+        if (self.unroll is not None and rebuild) or not self.unexpressed(layer, removed):
             return None
+        if self.unroll is not None:
+            return info["heads"], (f"keep their zeroed heads (as zeros): {self.why}, and a "
+                                   "task keeps its class (shrink its backbone to rebuild the "
+                                   "layers without them)")
         return info["heads"], (f"keep their zeroed heads (as zeros): {self.why}, and prunemix "
                                "cannot rebuild them from their parts")
 

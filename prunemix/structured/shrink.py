@@ -62,7 +62,10 @@ def shrink(model: keras.Model) -> keras.Model:
     heads; a keras_hub task, shrunk through its backbone's config) comes
     back as that class. A layer whose own config cannot express its cut
     (keras_hub's GPT-2 and BERT layers derive the head width from
-    `hidden_dim // num_heads`) is rebuilt from its parts, with a warning.
+    `hidden_dim // num_heads`) is rebuilt from its parts, with a warning;
+    inside a task (which stays its class), or where no parts can rebuild it
+    (Llama's rotary attention), its zeroed heads are kept as zeros, with a
+    warning.
 
     Args:
         model: a built functional or Sequential model, a `PrunedModel` built
@@ -114,7 +117,7 @@ def shrink(model: keras.Model) -> keras.Model:
     gone = cut()
     keeping: dict = {}  # why -> names of the layers that keep zeros for it
     for handler, layer, _, _, info in graph.nodes:
-        keep = handler.keeps(layer, info, removed_along)
+        keep = handler.keeps(layer, info, removed_along, rebuild=not task)
         if keep is not None:
             for space in keep[0]:
                 removed[cls[space.elements]] = False
