@@ -19,7 +19,7 @@ A Keras `MultiHeadAttention` keeps its input and output width, and its heads
 are a group of their own: a head is its slices of the query, key and value
 projections and its rows of the output projection. keras_hub's Transformer
 layers do the same for their heads and feed-forward units
-(`prunemix.structured.handlers.Transformer`).
+(`prunemix.structured.attention`).
 
 Safety: model inputs and outputs, and every tensor touching a layer this
 module does not understand (other attention layers, RNNs, nested models,
