@@ -458,3 +458,34 @@ def test_llama_heads_prune_in_groups_and_shrink_keeps_them_with_a_warning():
     assert small.backbone.intermediate_dim == 16
     want = prunemix.strip_pruning(pruned).predict(TOKENS, verbose=0)
     np.testing.assert_allclose(small.predict(TOKENS, verbose=0), want, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_decoder_heads_with_cross_attention_are_rebuilt_exactly(tmp_path):
+    encoder_in = keras.Input((6, 16), name="encoder_in")
+    decoder_in = keras.Input((5, 16), name="decoder_in")
+    padding = keras.Input((6,), dtype="int32", name="padding")
+    encoded = keras_hub.layers.TransformerEncoder(32, 4, name="encoder")(
+        encoder_in, padding_mask=padding)
+    decoded = keras_hub.layers.TransformerDecoder(32, 4, name="decoder")(
+        decoder_in, encoded, encoder_padding_mask=padding)
+    model = keras.Model([encoder_in, decoder_in, padding], keras.layers.Dense(3)(decoded))
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 6, 16)).astype("float32"),
+         rng.normal(size=(2, 5, 16)).astype("float32"), np.array([[1] * 6, [1] * 4 + [0] * 2])]
+    pruned = prunemix.prune_model(
+        model, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    with pytest.warns(UserWarning, match=r"layers \['encoder', 'decoder'\] are rebuilt from "
+                                         r"their parts: .*\(4 -> 2 heads\)"):
+        small = prunemix.shrink(pruned)
+    heads = {lay.name: lay.num_heads for lay in small.layers
+             if isinstance(lay, keras.layers.MultiHeadAttention)}
+    assert heads == {"encoder_self_attention_layer": 2, "decoder_self_attention": 2,
+                     "decoder_cross_attention": 2}
+    want = prunemix.strip_pruning(pruned).predict(x, verbose=0)
+    np.testing.assert_allclose(small.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)

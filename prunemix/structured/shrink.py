@@ -146,9 +146,14 @@ def shrink(model: keras.Model) -> keras.Model:
                 layer, old, space.size - len(gone[id(space)]), space.size, removed_along))
             reason = handler.unexpressed(layer, removed_along)
             if reason:
-                unrolled[id(layer)] = (handler, f"layer '{layer.name}': {reason}")
+                unrolled[id(layer)] = (handler, reason)
     if unrolled:
-        same, why = None, next(iter(unrolled.values()))[1]
+        names = [layer.name for layer in _rebuilt(graph, unrolled)]
+        rebuilt = f"layers {names} are rebuilt from their parts: " \
+                  f"{next(iter(unrolled.values()))[1]}"
+        same, why = None, (None if _plain(stripped) else rebuilt)
+        if why is None:
+            warnings.warn(f"shrink: {rebuilt}.", stacklevel=3)
     else:
         same, why = _same_class(
             stripped, [(o, n) for _, o, n in configs.values() if o != n], task)
@@ -163,13 +168,8 @@ def shrink(model: keras.Model) -> keras.Model:
         raise ValueError(f"shrink: task '{stripped.name}' ({type(stripped).__name__}) is shrunk "
                          f"through its backbone's config, and {why}.")
     if why:
-        rebuilt = " (layers whose config cannot express it are rebuilt from their parts)" \
-            if unrolled else ""
         warnings.warn(f"shrink: model '{stripped.name}' becomes a functional model of the "
-                      f"same layers{rebuilt}, not a {type(stripped).__name__}: {why}.",
-                      stacklevel=3)
-    elif unrolled:
-        warnings.warn(f"shrink: {why}; it is rebuilt from its parts.", stacklevel=3)
+                      f"same layers, not a {type(stripped).__name__}: {why}.", stacklevel=3)
     sources = {}  # id(new layer) -> the layer whose weights it takes
 
     def part(layer, config=None, cls=None):
@@ -213,6 +213,17 @@ def shrink(model: keras.Model) -> keras.Model:
     return small
 
 
+def _plain(model) -> bool:
+    """Whether `model` is a plain graph, with no class of its own."""
+    return type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential)
+
+
+def _rebuilt(graph, unrolled: dict) -> list:
+    """The layers rebuilt from their parts, once each, in graph order."""
+    return list({id(node[1]): node[1] for node in graph.nodes if id(node[1]) in unrolled}
+                .values())
+
+
 class _Refused(Exception):
     """A layer that cannot be rebuilt from its parts (its message says why)."""
 
@@ -235,7 +246,7 @@ def _same_class(model, changes: list, task: bool) -> tuple:
     `intermediate_dim`; a task through its backbone's config), built, not
     yet holding weights; else `(None, why not)` (`why` None for a plain
     graph, which has no class of its own)."""
-    if type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential):
+    if _plain(model):
         return None, None
     diffs = [{k: v for k, v in new.items() if old.get(k) != v} for old, new in changes]
     olds = [{k: old.get(k) for k in diff} for (old, _), diff in zip(changes, diffs, strict=True)]
