@@ -14,6 +14,16 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 Y = np.random.default_rng(1).integers(0, 64, (4, 8))
 
 
+def channels_masked(model):
+    """A `prune_model` copy with `ChannelGroups` masks at 50 %, applied."""
+    pruned = prunemix.prune_model(
+        model, prunemix.ConstantSparsity(0.5, 0, frequency=1),
+        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
+    pruned.pruner.update_masks(step=1)
+    pruned.pruner.apply_masks()
+    return pruned
+
+
 def paths(model):
     return [p.path for p in model.pruner.pruned_weights]
 
@@ -333,11 +343,7 @@ def test_shrink_removes_feed_forward_units_and_keeps_the_task_class(name, tmp_pa
 
 def test_gemma_heads_shrink_to_the_same_task_class_through_its_config(tmp_path):
     task = MODELS["gemma"][0]()  # 2 query heads of 8, 1 key/value head
-    pruned = prunemix.prune_model(
-        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(task)
     for layer in pruned.backbone.transformer_layers:  # one query head of two, every layer
         query = np.asarray(layer.attention.query_dense.kernel)  # (heads, width, head_dim)
         output = np.asarray(layer.attention.output_dense.kernel)  # (heads, head_dim, width)
@@ -359,11 +365,7 @@ def test_gemma_heads_shrink_to_the_same_task_class_through_its_config(tmp_path):
 def test_keras_hub_heads_are_removed_from_a_backbone_rebuilt_from_its_parts(name, tmp_path):
     make, x = MODELS[name][:2]
     backbone = make().backbone  # 2 layers, 2 heads of 8, 32 feed-forward units
-    pruned = prunemix.prune_model(
-        backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(backbone)
     for layer in pruned.transformer_layers:  # one head of two: q, k, v slices and output rows
         attention = layer._self_attention_layer
         for dense in (attention._query_dense, attention._key_dense, attention._value_dense):
@@ -402,11 +404,7 @@ def test_keras_hub_heads_are_removed_from_a_backbone_rebuilt_from_its_parts(name
 
 def test_a_task_keeps_heads_its_config_cannot_express_and_stays_its_class():
     task = gpt2()
-    pruned = prunemix.prune_model(
-        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(task)
     with pytest.warns(UserWarning, match=r"keep their zeroed heads \(as zeros\): keras_hub "
                                          r"derives .*shrink its backbone"):
         small = prunemix.shrink(pruned)
@@ -420,11 +418,7 @@ def test_grouped_query_heads_go_at_one_position_of_every_group():
     backbone = keras_hub.models.GemmaBackbone(
         vocabulary_size=64, num_layers=1, num_query_heads=4, num_key_value_heads=2,
         hidden_dim=16, intermediate_dim=32, head_dim=4)
-    pruned = prunemix.prune_model(
-        backbone, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(backbone)
     attention = pruned.transformer_layers[0].attention
     query = np.asarray(attention.query_dense.kernel)  # (4 query heads, width, head_dim)
     gone = [h for h in range(4) if not query[h].any()]
@@ -440,11 +434,7 @@ def test_grouped_query_heads_go_at_one_position_of_every_group():
 
 def test_llama_heads_prune_in_groups_and_shrink_keeps_them_with_a_warning():
     task = MODELS["llama"][0]()  # 2 query heads, 1 key/value head
-    pruned = prunemix.prune_model(
-        task, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(task)
     for layer in pruned.backbone.transformer_layers:
         attention = layer._self_attention_layer
         query = np.asarray(attention._query_dense.kernel)  # (width, heads, head_dim)
@@ -472,11 +462,7 @@ def test_encoder_decoder_heads_with_cross_attention_are_rebuilt_exactly(tmp_path
     rng = np.random.default_rng(0)
     x = [rng.normal(size=(2, 6, 16)).astype("float32"),
          rng.normal(size=(2, 5, 16)).astype("float32"), np.array([[1] * 6, [1] * 4 + [0] * 2])]
-    pruned = prunemix.prune_model(
-        model, prunemix.ConstantSparsity(0.5, 0, frequency=1),
-        pruning_policy=[prunemix.Rule("*", pattern=prunemix.ChannelGroups())])
-    pruned.pruner.update_masks(step=1)
-    pruned.pruner.apply_masks()
+    pruned = channels_masked(model)
     with pytest.warns(UserWarning, match=r"layers \['encoder', 'decoder'\] are rebuilt from "
                                          r"their parts: .*\(4 -> 2 heads\)"):
         small = prunemix.shrink(pruned)
