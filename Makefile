@@ -18,6 +18,7 @@ digits: $(STAMP)  ## the main job: prune a CNN on scikit-learn's digits
 test: $(STAMP)  ## lint, doctests of the pure modules, and the test suite (2 processes)
 	$(BIN)/ruff check prunemix tests examples bench
 	$(BIN)/python -m pytest -n 2
+	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/test_jax.py
 
 bench: $(STAMP)  ## step-time overhead of pruning, pruned vs dense
 	$(BIN)/python bench/overhead.py

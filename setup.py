@@ -24,7 +24,8 @@ setup(
         "litert": ["ai-edge-litert>=2.3"],
         "hub": ["keras-hub>=0.20"],
         "test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.5",
-                 "scikit-learn>=1.3", "keras-hub>=0.20"],
+                 "scikit-learn>=1.3", "keras-hub>=0.20", "jax[cpu]>=0.4.30"],
+        "jax": ["jax[cpu]>=0.4.30"],
     },
     license="Apache-2.0",
     classifiers=[

@@ -86,6 +86,14 @@ class _Pruning:
 
     def _check_pruning_args(self, args, kwargs, schedule, pruner, version, stripped) -> None:
         """Raises for bad pruning arguments before the model is built."""
+        backend = keras.backend.backend()
+        if backend != "tensorflow" and not stripped:
+            raise NotImplementedError(
+                f"prunemix's PrunedModel trains on the TensorFlow backend, and KERAS_BACKEND "
+                f"is {backend!r}. On {backend}, `strip_pruning`'d files load with Keras alone, "
+                "and `shrink`, `channel_graph` and the schedules work; run pruning itself "
+                "with KERAS_BACKEND=tensorflow."
+            )
         functional_call = _keras_compat.is_functional_call(args, kwargs)
         if functional_call and not isinstance(self, Functional):
             raise TypeError(
