@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from prunemix import _validate
+
 __all__ = ["lowest_k_mask", "lowest_k_masks", "magnitude_mask", "pruned_count", "rank_bits"]
 
 # (shift, width) of each radix pass over the 31 value bits of a float32 >= 0.
@@ -76,12 +78,7 @@ def _check_fraction(sparsity, upper_open: bool) -> None:
         value = float(sparsity)
     except Exception:  # noqa: BLE001 - symbolic or not a scalar: tf reports it
         return
-    upper = "1)" if upper_open else "1]"
-    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
-        raise ValueError(
-            f"`sparsity` must be a fraction in [0, {upper}, not a percentage. "
-            f"Received: sparsity={value}"
-        )
+    _validate.fraction(value, "sparsity", closed=not upper_open)
 
 
 def rank_bits(scores):
