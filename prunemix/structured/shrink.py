@@ -121,9 +121,9 @@ def shrink(model: keras.Model) -> keras.Model:
         if keep is not None:
             for space in keep[0]:
                 removed[cls[space.elements]] = False
-            keeping.setdefault(keep[1], []).append(layer.name)
+            keeping.setdefault(keep[1], {})[layer.name] = None  # a shared layer once
     for why, names in keeping.items():
-        warnings.warn(f"shrink: layers {names} {why}.", stacklevel=3)
+        warnings.warn(f"shrink: layers {list(names)} {why}.", stacklevel=3)
     gone = cut()
     deltas = _folds(graph, removed, values)
 
@@ -148,7 +148,7 @@ def shrink(model: keras.Model) -> keras.Model:
             if reason:
                 unrolled[id(layer)] = (handler, reason)
     if unrolled:
-        names = [layer.name for layer in _rebuilt(graph, unrolled)]
+        names = [configs[key][0].name for key in unrolled]  # graph order, once each
         rebuilt = f"layers {names} are rebuilt from their parts: " \
                   f"{next(iter(unrolled.values()))[1]}"
         same, why = None, (None if _plain(stripped) else rebuilt)
@@ -185,6 +185,7 @@ def shrink(model: keras.Model) -> keras.Model:
     def call(layer, *args, **kwargs):
         if id(layer) not in unrolled:
             return layer(*args, **kwargs)
+
         def named_part(sub, config=None, cls=None):  # unique in the new graph
             return part(sub, {**(config or sub.get_config()), "name": f"{layer.name}_{sub.name}"},
                         cls)
@@ -216,12 +217,6 @@ def shrink(model: keras.Model) -> keras.Model:
 def _plain(model) -> bool:
     """Whether `model` is a plain graph, with no class of its own."""
     return type(model) in (keras.Model, _keras_compat.functional_class(), keras.Sequential)
-
-
-def _rebuilt(graph, unrolled: dict) -> list:
-    """The layers rebuilt from their parts, once each, in graph order."""
-    return list({id(node[1]): node[1] for node in graph.nodes if id(node[1]) in unrolled}
-                .values())
 
 
 class _Refused(Exception):
