@@ -1,8 +1,16 @@
 """Masks: weights and a sparsity in, a boolean keep-mask out.
 
+Written with `keras.ops`, so the same kernels run on every Keras backend
+(TensorFlow and JAX are tested); the selection is compiled with XLA on both.
+
 The zero count is exact: a weight of `n` entries and a sparsity `s` give a
-mask with exactly `pruned_count(s, n) == round(s * n)` False entries, where
-`round` rounds half to even like Python's `round` (computed in float64).
+mask with exactly `pruned_count(s, n)` False entries, by one rule on every
+backend, with or without float64 (JAX runs float64 as float32 unless
+`jax_enable_x64` is set): the sparsity is read to six decimals,
+`q = round(s * 10**6)`, and the count is `q * n / 10**6` rounded half to
+even, in exact int32 arithmetic. For every sparsity written with up to six
+decimals (0.5, 0.8, 0.4375, 0.015625) that is exactly `round(s * n)`; a
+schedule's value in between is read to 1e-6.
 
 Ties: entries of equal magnitude at the threshold are pruned in flat
 (row-major) order, lowest index first, so the count stays exact even when
@@ -19,21 +27,25 @@ full sort; the selection runs in a nested XLA-compiled function, padded to
 a few bucket sizes (weights over 512K entries: their own size).
 `lowest_k_masks` selects many small weights in one segmented pass (three
 passes of up to 2048 buckets per weight), so a model compiles it once.
-`bench/` measures both against `tf.sort`.
+`bench/` measures both against a full sort.
 
 Example:
 
 >>> import numpy as np
 >>> w = np.array([[0.5, -0.1], [0.3, -0.9]], dtype="float32")
->>> magnitude_mask(w, 0.5).numpy().tolist()
+>>> np.asarray(magnitude_mask(w, 0.5)).tolist()
 [[True, False], [False, True]]
->>> int(pruned_count(0.25, 10))  # round(2.5) == 2, half to even
+>>> int(pruned_count(0.25, 10))  # 2.5: half to even
 2
+>>> int(pruned_count(0.4375, 216))  # 94.5, the same without float64
+94
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import keras
+import numpy as np
+from keras import ops
 
 from prunemix import _validate
 
@@ -45,46 +57,118 @@ __all__ = ["lowest_k_mask", "lowest_k_masks", "magnitude_mask", "pruned_count", 
 _PASSES = ((15, 16), (0, 15))
 _TIE_BLOCK = 1024
 _NAN_BITS = 0x7FC00000
+# The sparsity's resolution in `pruned_count`: six decimals.
+_SCALE = 10**6
+
+
+def _is_symbolic(value) -> bool:
+    """Whether `value` is a tensor whose value is not known here (a traced one)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(value, tf.Tensor) and not tf.executing_eagerly()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return isinstance(value, jax.core.Tracer)
+    return False
+
+
+class _Compiled:
+    """`fn` compiled with XLA on this backend (TensorFlow: `tf.function`,
+    JAX: `jax.jit`), traced once per input shape; `traces` counts traces."""
+
+    def __init__(self, fn):
+        self._fn, self._by_backend, self.traces = fn, {}, 0
+
+    def _traced(self, *args):
+        self.traces += 1
+        return self._fn(*args)
+
+    def __call__(self, *args):
+        backend = keras.backend.backend()
+        if backend not in self._by_backend:
+            if backend == "tensorflow":
+                import tensorflow as tf
+
+                compiled = tf.function(self._traced, jit_compile=True, reduce_retracing=True)
+            elif backend == "jax":
+                import jax
+
+                compiled = jax.jit(self._traced)
+            else:
+                compiled = self._fn
+            self._by_backend[backend] = compiled
+        return self._by_backend[backend](*args)
 
 
 def pruned_count(sparsity, size):
     """Number of entries to prune: `round(sparsity * size)`, half to even.
+
+    The sparsity is read to six decimals (`round(sparsity * 10**6)`) and the
+    product is exact integer arithmetic, so every backend gives the same
+    count, with or without float64.
 
     Args:
         sparsity: scalar in [0, 1]. A value known outside (a percentage such
             as 50, or NaN) is an error; inside a traced function, where it is
             not known, values outside are clipped and NaN prunes nothing, so
             the count is never negative.
-        size: number of entries, a Python int or integer scalar tensor.
+        size: number of entries (below 2**31), a Python int, integer scalar
+            tensor or a list of them (one count each).
 
     Returns:
-        An int32 scalar tensor in [0, size].
+        An int32 tensor in [0, size], shaped like `size`.
 
     Raises:
         ValueError: for a known sparsity outside [0, 1] or NaN.
+
+    Example:
+
+    >>> int(pruned_count(0.5, 7))  # 3.5 rounds to even
+    4
+    >>> np.asarray(pruned_count(0.1, [5, 15])).tolist()  # 0.5 and 1.5
+    [0, 2]
     """
     _check_fraction(sparsity, upper_open=False)
-    sparsity = tf.cast(tf.convert_to_tensor(sparsity, dtype_hint=tf.float64), tf.float64)
-    sparsity = tf.where(tf.math.is_nan(sparsity), tf.zeros_like(sparsity), sparsity)
-    sparsity = tf.clip_by_value(sparsity, 0.0, 1.0)
-    return tf.cast(tf.round(sparsity * tf.cast(size, tf.float64)), tf.int32)
+    sparsity = ops.convert_to_tensor(sparsity)
+    if not str(sparsity.dtype).startswith("float"):
+        sparsity = ops.cast(sparsity, "float32")
+    sparsity = ops.where(ops.isnan(sparsity), ops.zeros_like(sparsity), sparsity)
+    q = ops.cast(ops.round(ops.clip(sparsity, 0.0, 1.0) * _SCALE), "int32")
+    n = ops.cast(ops.convert_to_tensor(size), "int32")
+    # q * n / 10**6 with every intermediate below 2**31: n = a * 10**6 + b,
+    # b = b1 * 1000 + b0, so q * n / 10**6 = q*a + (q*b1) / 1000 + (q*b0) / 10**6.
+    a, b = n // _SCALE, n % _SCALE
+    b1, b0 = b // 1000, b % 1000
+    t1 = q * b1
+    whole = q * a + t1 // 1000
+    rest = (t1 % 1000) * 1000 + q * b0
+    whole, rest = whole + rest // _SCALE, rest % _SCALE
+    up = (rest > _SCALE // 2) | ((rest == _SCALE // 2) & (whole % 2 == 1))
+    return ops.minimum(whole + ops.cast(up, "int32"), n)
 
 
 def _check_fraction(sparsity, upper_open: bool) -> None:
     """Rejects a sparsity whose value is known (Python or eager) and not a fraction."""
-    if isinstance(sparsity, tf.Tensor) and not tf.executing_eagerly():
+    if _is_symbolic(sparsity):
         return  # symbolic: checked where the value is known
     try:
         value = float(sparsity)
-    except Exception:  # noqa: BLE001 - symbolic or not a scalar: tf reports it
+    except Exception:  # noqa: BLE001 - symbolic or not a scalar: the backend reports it
         return
     _validate.fraction(value, "sparsity", closed=not upper_open)
 
 
 def rank_bits(scores):
     """Int32 keys that order `|scores|` as every pattern ranks them (NaN last)."""
-    scores = tf.cast(scores, tf.float32)
-    return tf.where(tf.math.is_nan(scores), _NAN_BITS, tf.bitcast(tf.abs(scores), tf.int32))
+    scores = ops.cast(scores, "float32")
+    return ops.where(ops.isnan(scores), _NAN_BITS, ops.view(ops.abs(scores), "int32"))
+
+
+def _first_reaching(totals, rank, axis=-1):
+    """Index of the first entry of the running `totals` that reaches `rank`."""
+    return ops.cast(ops.argmax(ops.cast(totals >= rank, "int32"), axis=axis), "int32")
 
 
 def _kth_smallest(bits, k):
@@ -93,23 +177,20 @@ def _kth_smallest(bits, k):
     Returns the pattern, how many entries equal to it fall within the k
     smallest, and how many entries equal it in all.
     """
-    prefix = tf.constant(0, tf.int32)
+    prefix = ops.convert_to_tensor(0, "int32")
     rank = k
     for shift, width in _PASSES:
-        digits = tf.bitwise.bitwise_and(
-            tf.bitwise.right_shift(bits, shift), (1 << width) - 1
-        )
+        digits = ops.bitwise_and(ops.right_shift(bits, shift), (1 << width) - 1)
         if shift + width < 31:
-            in_prefix = tf.equal(tf.bitwise.right_shift(bits, shift + width), prefix)
-            ones = tf.cast(in_prefix, tf.int32)
+            ones = ops.cast(ops.right_shift(bits, shift + width) == prefix, "int32")
         else:
-            ones = tf.ones_like(bits)
-        hist = tf.math.unsorted_segment_sum(ones, digits, 1 << width)
-        below = tf.cumsum(hist, exclusive=True)
-        digit = tf.argmax(tf.cast(below + hist >= rank, tf.int32), output_type=tf.int32)
-        rank = rank - tf.gather(below, digit)
-        prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, width), digit)
-    return prefix, rank, tf.gather(hist, digit)
+            ones = ops.ones_like(bits)
+        hist = ops.segment_sum(ones, digits, num_segments=1 << width)
+        through = ops.cumsum(hist)
+        digit = _first_reaching(through, rank)
+        rank = rank - (ops.take(through, digit) - ops.take(hist, digit))
+        prefix = ops.bitwise_or(ops.left_shift(prefix, width), digit)
+    return prefix, rank, ops.take(hist, digit)
 
 
 def _last_tie_index(at_kth, rank):
@@ -118,38 +199,33 @@ def _last_tie_index(at_kth, rank):
     A prefix sum over blocks of 1024 entries, then within one block: a few
     vectorized passes instead of a prefix sum over every entry.
     """
-    size = tf.size(at_kth)
-    padded = tf.pad(tf.cast(at_kth, tf.int32), [[0, (-size) % _TIE_BLOCK]])
-    blocks = tf.reshape(padded, [-1, _TIE_BLOCK])
-    per_block = tf.reduce_sum(blocks, axis=1)
-    through_block = tf.cumsum(per_block)
-    block = tf.argmax(tf.cast(through_block >= rank, tf.int32), output_type=tf.int32)
-    rank_in_block = rank - (tf.gather(through_block, block) - tf.gather(per_block, block))
-    within = tf.cumsum(tf.gather(blocks, block))
-    offset = tf.argmax(tf.cast(within >= rank_in_block, tf.int32), output_type=tf.int32)
-    return block * _TIE_BLOCK + offset
+    size = ops.shape(at_kth)[0]
+    padded = ops.pad(ops.cast(at_kth, "int32"), [[0, (-size) % _TIE_BLOCK]])
+    blocks = ops.reshape(padded, [-1, _TIE_BLOCK])
+    per_block = ops.sum(blocks, axis=1)
+    through_block = ops.cumsum(per_block)
+    block = _first_reaching(through_block, rank)
+    rank_in_block = rank - (ops.take(through_block, block) - ops.take(per_block, block))
+    within = ops.cumsum(ops.take(blocks, block, axis=0))
+    return block * _TIE_BLOCK + _first_reaching(within, rank_in_block)
 
 
 def _lowest_k_mask_bits(bits, k):
-    kth, ties_to_prune, ties = _kth_smallest(bits, tf.maximum(k, 1))
+    kth, ties_to_prune, ties = _kth_smallest(bits, ops.maximum(k, 1))
 
     def break_ties():
         # Some, not all, entries equal to the k-th value are pruned: those
         # up to the flat index of the `ties_to_prune`-th of them.
-        at_kth = tf.equal(bits, kth)
+        at_kth = bits == kth
         last = _last_tie_index(at_kth, ties_to_prune)
-        first_ones = tf.less_equal(tf.range(tf.size(bits)), last)
-        return tf.logical_or(tf.less(bits, kth), tf.logical_and(at_kth, first_ones))
+        first_ones = ops.arange(ops.shape(bits)[0], dtype="int32") <= last
+        return (bits < kth) | (at_kth & first_ones)
 
-    prune = tf.cond(
-        tf.equal(ties, ties_to_prune), lambda: tf.less_equal(bits, kth), break_ties
-    )
-    return tf.logical_not(tf.logical_and(prune, k > 0))
+    prune = ops.cond(ties == ties_to_prune, lambda: bits <= kth, break_ties)
+    return ops.logical_not(prune & (k > 0))
 
 
-_lowest_k_mask_xla = tf.function(
-    _lowest_k_mask_bits, jit_compile=True, reduce_retracing=True
-)
+_lowest_k_mask_xla = _Compiled(_lowest_k_mask_bits)
 
 
 def _lowest_k_mask_scores(scores, k):
@@ -158,9 +234,7 @@ def _lowest_k_mask_scores(scores, k):
     return _lowest_k_mask_bits(rank_bits(scores), k)
 
 
-_lowest_k_mask_scores_xla = tf.function(
-    _lowest_k_mask_scores, jit_compile=True, reduce_retracing=True
-)
+_lowest_k_mask_scores_xla = _Compiled(_lowest_k_mask_scores)
 # Padding: above every real key (NaN's included), so never among the k lowest.
 _PAD_BITS = 0x7FFFFFFF
 
@@ -180,6 +254,14 @@ def _bucket(size: int) -> int:
     return power * 3 // 4 if size <= power * 3 // 4 else power
 
 
+def _size(x):
+    """Entries of `x`: a Python int when its shape is known, else a tensor."""
+    shape = ops.shape(x)
+    if all(isinstance(d, int) for d in shape):
+        return int(np.prod(shape, dtype="int64"))
+    return ops.prod(ops.convert_to_tensor(shape, "int32"))
+
+
 def lowest_k_mask(scores, k):
     """Keep-mask that prunes the `k` entries of lowest `|scores|`.
 
@@ -191,16 +273,16 @@ def lowest_k_mask(scores, k):
     Returns:
         A bool tensor shaped like `scores`, with exactly `k` False entries.
     """
-    scores = tf.convert_to_tensor(scores)
-    flat = tf.reshape(scores, [-1])
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(flat))
-    size = flat.shape[0]
-    if size is None or _bucket(size) == size:
-        return tf.reshape(_lowest_k_mask_scores_xla(flat, k), tf.shape(scores))
+    scores = ops.convert_to_tensor(scores)
+    shape = ops.shape(scores)
+    flat = ops.reshape(scores, [-1])
+    size = _size(flat)
+    k = ops.clip(ops.cast(k, "int32"), 0, size)
+    if not isinstance(size, int) or _bucket(size) == size:
+        return ops.reshape(_lowest_k_mask_scores_xla(flat, k), shape)
     # One bit pattern for every NaN, above +inf's: NaNs rank last, by index.
-    bits = rank_bits(flat)
-    padded = tf.pad(bits, [[0, _bucket(size) - size]], constant_values=_PAD_BITS)
-    return tf.reshape(_lowest_k_mask_xla(padded, k)[:size], tf.shape(scores))
+    bits = ops.pad(rank_bits(flat), [[0, _bucket(size) - size]], constant_values=_PAD_BITS)
+    return ops.reshape(_lowest_k_mask_xla(bits, k)[:size], shape)
 
 
 # Many weights at once: three radix passes of at most 2048 buckets per weight,
@@ -216,48 +298,46 @@ def _lowest_k_masks_bits(bits, starts, k):
     """Segmented `_lowest_k_mask_bits`: `bits` holds one run per weight, run
     i beginning at `starts[i]` (`starts[0] == 0`; a run may be empty at the
     end), with `k[i]` entries to prune in it."""
-    count = tf.shape(k)[0]
+    count = ops.shape(k)[0]
+    size = ops.shape(bits)[0]
     # Run ids from the run starts (a small vector, not an N-long constant);
     # a start at the very end marks nothing.
-    inner = tf.minimum(starts[1:], tf.size(bits))
-    marks = tf.tensor_scatter_nd_add(tf.zeros(tf.size(bits) + 1, tf.int32), inner[:, None],
-                                     tf.ones_like(inner))
-    segment = tf.cumsum(marks[:-1])
-    prefix = tf.zeros_like(k)
-    rank = tf.maximum(k, 1)
+    inner = ops.minimum(starts[1:], size)
+    marks = ops.scatter(inner[:, None], ops.ones_like(inner), (size + 1,))
+    segment = ops.cumsum(marks[:-1])
+    prefix = ops.zeros_like(k)
+    rank = ops.maximum(k, 1)
     for shift, width in _SEGMENTED_PASSES:
-        digits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, shift), (1 << width) - 1)
+        digits = ops.bitwise_and(ops.right_shift(bits, shift), (1 << width) - 1)
         if shift + width < 31:
-            above = tf.bitwise.right_shift(bits, shift + width)
-            ones = tf.cast(tf.equal(above, tf.gather(prefix, segment)), tf.int32)
+            above = ops.right_shift(bits, shift + width)
+            ones = ops.cast(above == ops.take(prefix, segment), "int32")
         else:
-            ones = tf.ones_like(bits)
-        hist = tf.math.unsorted_segment_sum(ones, segment * (1 << width) + digits,
-                                            count * (1 << width))
-        hist = tf.reshape(hist, [count, 1 << width])
-        below = tf.cumsum(hist, axis=1, exclusive=True)
-        digit = tf.argmax(tf.cast(below + hist >= rank[:, None], tf.int32), axis=1,
-                          output_type=tf.int32)
-        rank = rank - tf.gather(below, digit, batch_dims=1)
-        prefix = tf.bitwise.bitwise_or(tf.bitwise.left_shift(prefix, width), digit)
-        ties = tf.gather(hist, digit, batch_dims=1)
-    kth = tf.gather(prefix, segment)
+            ones = ops.ones_like(bits)
+        hist = ops.segment_sum(ones, segment * (1 << width) + digits,
+                               num_segments=count * (1 << width))
+        hist = ops.reshape(hist, [count, 1 << width])
+        through = ops.cumsum(hist, axis=1)
+        digit = _first_reaching(through, rank[:, None], axis=1)
+        at = digit[:, None]
+        ties = ops.take_along_axis(hist, at, axis=1)[:, 0]
+        rank = rank - (ops.take_along_axis(through, at, axis=1)[:, 0] - ties)
+        prefix = ops.bitwise_or(ops.left_shift(prefix, width), digit)
+    kth = ops.take(prefix, segment)
 
     def break_ties():
         # Ties by flat index within each run: the first `rank` entries equal to kth.
-        at_kth = tf.equal(bits, kth)
-        seen = tf.cumsum(tf.cast(at_kth, tf.int32))
-        before = tf.gather(tf.pad(seen, [[1, 0]]), starts)
-        within = seen - tf.gather(before, segment)
-        return tf.logical_or(tf.less(bits, kth),
-                             tf.logical_and(at_kth, within <= tf.gather(rank, segment)))
+        at_kth = bits == kth
+        seen = ops.cumsum(ops.cast(at_kth, "int32"))
+        before = ops.take(ops.pad(seen, [[1, 0]]), starts)
+        within = seen - ops.take(before, segment)
+        return (bits < kth) | (at_kth & (within <= ops.take(rank, segment)))
 
-    prune = tf.cond(tf.reduce_all(tf.equal(ties, rank)),
-                    lambda: tf.less_equal(bits, kth), break_ties)
-    return tf.logical_not(tf.logical_and(prune, tf.gather(k, segment) > 0))
+    prune = ops.cond(ops.all(ties == rank), lambda: bits <= kth, break_ties)
+    return ops.logical_not(prune & (ops.take(k, segment) > 0))
 
 
-_lowest_k_masks_xla = tf.function(_lowest_k_masks_bits, jit_compile=True, reduce_retracing=True)
+_lowest_k_masks_xla = _Compiled(_lowest_k_masks_bits)
 
 
 def lowest_k_masks(scores: list, ks) -> list:
@@ -277,12 +357,12 @@ def lowest_k_masks(scores: list, ks) -> list:
     Returns:
         A list of bool keep-masks shaped like `scores`.
     """
-    ks = tf.cast(tf.convert_to_tensor(ks), tf.int32)
+    ks = ops.cast(ops.convert_to_tensor(ks), "int32")
     out = [None] * len(scores)
     chunks, entries = [[]], 0
     for i, score in enumerate(scores):
-        size = score.shape.num_elements()
-        if size is None or size > _BATCH_ENTRIES:
+        size = _size(score)
+        if not isinstance(size, int) or size > _BATCH_ENTRIES:
             out[i] = lowest_k_mask(score, ks[i])
             continue
         if entries + size > 4 * _BATCH_ENTRIES:
@@ -295,21 +375,21 @@ def lowest_k_masks(scores: list, ks) -> list:
         sizes = [size for _, size in chunk]
         total = sum(sizes)
         pad = _bucket(total) - total
-        flat = tf.concat([tf.reshape(tf.cast(scores[i], tf.float32), [-1]) for i in index], 0)
-        bits = tf.pad(rank_bits(flat), [[0, pad]], constant_values=_PAD_BITS)
-        starts = [0]
-        for size in sizes:
-            starts.append(starts[-1] + size)
+        flat = ops.concatenate(
+            [ops.reshape(ops.cast(scores[i], "float32"), [-1]) for i in index], 0)
+        bits = ops.pad(rank_bits(flat), [[0, pad]], constant_values=_PAD_BITS)
+        starts = np.cumsum([0] + sizes, dtype="int32")
         # The padding is one more run, with nothing to prune.
-        k = tf.concat([tf.clip_by_value(tf.gather(ks, index), 0, sizes), [0]], 0)
-        keep = _lowest_k_masks_xla(bits, tf.constant(starts, tf.int32), k)
-        for i, part in zip(index, tf.split(keep, sizes + [pad])[:-1], strict=True):
-            out[i] = tf.reshape(part, scores[i].shape)
+        k = ops.concatenate([ops.clip(ops.take(ks, index), 0, np.array(sizes, "int32")),
+                             ops.zeros((1,), "int32")], 0)
+        keep = _lowest_k_masks_xla(bits, ops.convert_to_tensor(starts), k)
+        for i, start, size in zip(index, starts, sizes, strict=False):
+            out[i] = ops.reshape(keep[int(start):int(start) + size], ops.shape(scores[i]))
     return out
 
 
 def magnitude_mask(weights, sparsity):
-    """Keep-mask pruning the `round(sparsity * size)` smallest-magnitude weights.
+    """Keep-mask pruning the `pruned_count(sparsity, size)` smallest-magnitude weights.
 
     Args:
         weights: float tensor or variable of any shape.
@@ -323,9 +403,9 @@ def magnitude_mask(weights, sparsity):
 
     Example:
 
-    >>> magnitude_mask([1.0, -3.0, 2.0, 0.5], 0.5).numpy().tolist()
+    >>> np.asarray(magnitude_mask([1.0, -3.0, 2.0, 0.5], 0.5)).tolist()
     [False, True, True, False]
     """
     _check_fraction(sparsity, upper_open=True)
-    weights = tf.convert_to_tensor(weights)
-    return lowest_k_mask(weights, pruned_count(sparsity, tf.size(weights)))
+    weights = ops.convert_to_tensor(weights)
+    return lowest_k_mask(weights, pruned_count(sparsity, _size(weights)))

@@ -1,3 +1,6 @@
+from fractions import Fraction
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,10 +52,28 @@ def test_already_zero_weights_count_towards_the_target():
     assert (~masks.magnitude_mask(weights, 0.8).numpy()).sum() == 8
 
 
-def test_pruned_count_rounds_like_python():
-    for size in range(1, 60):
+def test_pruned_count_rounds_the_exact_product_half_to_even():
+    # The sparsity read to six decimals, times the size, rounded half to even
+    # in exact arithmetic: 0.7 * 15 = 10.5 gives 10 (Python's float64 product,
+    # 10.500000000000002, would round to 11).
+    for size in [*range(1, 60), 216, 999_999, 10**6 + 1, 2**31 - 1]:
         for sparsity in np.linspace(0, 0.99, 100):
-            assert int(masks.pruned_count(float(sparsity), size)) == round(sparsity * size)
+            want = round(Fraction(f"{sparsity:.6f}") * size)
+            assert int(masks.pruned_count(float(sparsity), size)) == want, (sparsity, size)
+    assert int(masks.pruned_count(0.7, 15)) == 10
+
+
+@pytest.mark.parametrize("sparsity, size, want", [
+    (0.4375, 216, 94), (0.4375, 232, 102), (0.5, 7, 4), (0.5, 9, 4), (0.25, 10, 2),
+    (0.125, 12, 2), (0.1, 5, 0), (0.1, 15, 2), (0.015625, 32, 0), (0.015625, 96, 2),
+    (1.0, 2**31 - 1, 2**31 - 1), (0.5, 2**31 - 1, 2**30),
+])
+def test_pruned_count_at_half_boundaries(sparsity, size, want):
+    assert int(masks.pruned_count(sparsity, size)) == want
+    # The same in a float32 tensor (JAX without x64) and in float64.
+    for dtype in ("float32", "float64"):
+        count = masks.pruned_count(keras.ops.convert_to_tensor(sparsity, dtype), size)
+        assert int(count) == want, dtype
 
 
 def test_nan_counts_as_largest():
@@ -137,8 +158,8 @@ def test_lowest_k_masks_compiles_once_for_many_sizes():
     sizes = [5, 17, 300, 1000, 4097]
     rng = np.random.default_rng(0)
     scores = [tf.constant(rng.normal(size=n).astype("float32")) for n in sizes]
-    before = masks._lowest_k_masks_xla.experimental_get_tracing_count()
+    before = masks._lowest_k_masks_xla.traces
     for shift in range(3):  # same sizes, other k: no new trace
         got = masks.lowest_k_masks(scores, [n // 2 + shift for n in sizes])
         assert [int((~m.numpy()).sum()) for m in got] == [n // 2 + shift for n in sizes]
-    assert masks._lowest_k_masks_xla.experimental_get_tracing_count() - before <= 1
+    assert masks._lowest_k_masks_xla.traces - before <= 1
