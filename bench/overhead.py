@@ -14,17 +14,22 @@ threshold (tfmot's method) on the same weights.
     python bench/overhead.py --mirrored # the same under MirroredStrategy
     python bench/overhead.py --first-step  # first step, pruned vs dense: MobileNetV2,
                                            # GPT-2 (keras_hub, the `hub` extra)
+    python bench/overhead.py --backend jax # the same models on JAX (the `jax` extra);
+                                           # the one-update cost against `jnp.sort`
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+if "--backend" in sys.argv:  # before Keras is imported
+    os.environ["KERAS_BACKEND"] = sys.argv[sys.argv.index("--backend") + 1]
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -66,6 +71,12 @@ CASES = {
 }
 
 
+class _OneDevice:
+    """No `tf.distribute` strategy (JAX): `scope()` does nothing."""
+
+    scope = staticmethod(contextlib.nullcontext)
+
+
 def make_pair(graph_fn, strategy):
     with strategy.scope():
         dense = keras.Model(*graph_fn())
@@ -87,14 +98,45 @@ def time_fit(model, data, steps) -> tuple:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
-def predict_ops(model, shape) -> int:
+def predict_ops(model, shape):
+    if keras.backend.backend() != "tensorflow":
+        return "n/a"
     fn = tf.function(lambda x: model(x, training=False))
     graph = fn.get_concrete_function(tf.TensorSpec((None, *shape), tf.float32)).graph
     return len(graph.get_operations())
 
 
+def jax_mask_fns(pruner):
+    """One mask update at step 1000 (the pruner's own, stateless, under
+    `jax.jit`) and the full-sort threshold, on the same weights."""
+    import jax
+    import jax.numpy as jnp
+
+    weights = [p.weight for p in pruner.pruned_weights]
+    state = [(v, v.value) for v in [*weights, *pruner.variables]]
+    ours_jit = jax.jit(lambda values: pruner.stateless_apply(
+        list(zip([v for v, _ in state], values, strict=True)), True)[0])
+
+    def by_sort(values):
+        out = []
+        for w in values[:len(weights)]:
+            flat = jnp.sort(jnp.abs(w).reshape(-1))
+            k = jnp.round(0.9 * flat.size).astype("int32")
+            out.append(jnp.abs(w) > flat[k - 1])
+        return out
+
+    pruner.pruning_step.assign(999)  # the next step, 1000, is due
+    values = [v.value for v, _ in state]
+    sort_jit = jax.jit(by_sort)
+    return (lambda: jax.block_until_ready(ours_jit(values)),
+            lambda: jax.block_until_ready(sort_jit(values)))
+
+
 def mask_update_ms(pruner, repeats=3):
     """Median ms of one mask update: ours vs a full-sort threshold."""
+    if keras.backend.backend() == "jax":
+        ours, by_sort = jax_mask_fns(pruner)
+        return _median_ms(ours, by_sort, repeats, lambda out: out)
     ours = tf.function(lambda: pruner.update_masks(tf.constant(1000, tf.int64)))
 
     @tf.function
@@ -106,13 +148,18 @@ def mask_update_ms(pruner, repeats=3):
             out.append(tf.abs(p.weight) > tf.gather(flat, k - 1))
         return out
 
+    return _median_ms(ours, by_sort, repeats,
+                      lambda out: tf.nest.map_structure(lambda t: t.numpy(), out))
+
+
+def _median_ms(ours, by_sort, repeats, fetch) -> dict:
     times = {"radix": [], "sort": []}
     for fn in (ours, by_sort):
         fn()  # compile
     for _ in range(repeats):
         for fn, name in ((ours, "radix"), (by_sort, "sort")):
             start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fn())
+            fetch(fn())
             times[name].append((time.perf_counter() - start) * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -221,6 +268,8 @@ def main(argv=None):
                         choices=["MobileNetV2", "GPT2"],
                         help="time the first training step instead (fresh processes)")
     parser.add_argument("--first-step-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow",
+                        help="the Keras backend (read before Keras is imported)")
     parser.add_argument(
         "--mirrored", action="store_true",
         help="train under MirroredStrategy on 2 logical CPUs (a fresh process)",
@@ -232,6 +281,8 @@ def main(argv=None):
         return first_step_times(args.first_step or ["MobileNetV2", "GPT2"],
                                 1 if args.quick else args.rounds)
     strategy = tf.distribute.get_strategy()
+    if keras.backend.backend() != "tensorflow":
+        strategy = _OneDevice()
     if args.mirrored:
         tf.config.set_logical_device_configuration(
             tf.config.list_physical_devices("CPU")[0],
@@ -248,7 +299,13 @@ def main(argv=None):
             batch_size = 8
         keras.utils.set_random_seed(0)
         results[name] = run_case(name, graph_fn, batch_size, steps, rounds, strategy)
-    print(f"\nTF {tf.__version__}, Keras {keras.__version__}, "
+    if keras.backend.backend() == "jax":
+        import jax
+
+        print(f"\nbackend: JAX {jax.__version__} ({jax.devices()[0].platform})", end="; ")
+    else:
+        print("\nbackend: TensorFlow", end="; ")
+    print(f"TF {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}")
     return results

@@ -47,7 +47,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from prunemix import _validate
+from prunemix import _backend, _validate
 
 __all__ = ["lowest_k_mask", "lowest_k_masks", "magnitude_mask", "pruned_count", "rank_bits"]
 
@@ -59,47 +59,6 @@ _TIE_BLOCK = 1024
 _NAN_BITS = 0x7FC00000
 # The sparsity's resolution in `pruned_count`: six decimals.
 _SCALE = 10**6
-
-
-def _is_symbolic(value) -> bool:
-    """Whether `value` is a tensor whose value is not known here (a traced one)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return isinstance(value, tf.Tensor) and not tf.executing_eagerly()
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return isinstance(value, jax.core.Tracer)
-    return False
-
-
-class _Compiled:
-    """`fn` compiled with XLA on this backend (TensorFlow: `tf.function`,
-    JAX: `jax.jit`), traced once per input shape; `traces` counts traces."""
-
-    def __init__(self, fn):
-        self._fn, self._by_backend, self.traces = fn, {}, 0
-
-    def _traced(self, *args):
-        self.traces += 1
-        return self._fn(*args)
-
-    def __call__(self, *args):
-        backend = keras.backend.backend()
-        if backend not in self._by_backend:
-            if backend == "tensorflow":
-                import tensorflow as tf
-
-                compiled = tf.function(self._traced, jit_compile=True, reduce_retracing=True)
-            elif backend == "jax":
-                import jax
-
-                compiled = jax.jit(self._traced)
-            else:
-                compiled = self._fn
-            self._by_backend[backend] = compiled
-        return self._by_backend[backend](*args)
 
 
 def pruned_count(sparsity, size):
@@ -151,7 +110,7 @@ def pruned_count(sparsity, size):
 
 def _check_fraction(sparsity, upper_open: bool) -> None:
     """Rejects a sparsity whose value is known (Python or eager) and not a fraction."""
-    if _is_symbolic(sparsity):
+    if _backend.is_symbolic(sparsity):
         return  # symbolic: checked where the value is known
     try:
         value = float(sparsity)
@@ -163,7 +122,17 @@ def _check_fraction(sparsity, upper_open: bool) -> None:
 def rank_bits(scores):
     """Int32 keys that order `|scores|` as every pattern ranks them (NaN last)."""
     scores = ops.cast(scores, "float32")
-    return ops.where(ops.isnan(scores), _NAN_BITS, ops.view(ops.abs(scores), "int32"))
+    return ops.where(ops.isnan(scores), _NAN_BITS, _int32_bits(ops.abs(scores)))
+
+
+def _int32_bits(x):
+    """The bit patterns of float32 `x` as int32 (`ops.view`; on TensorFlow,
+    `tf.bitcast`, which also takes a shape known only at run time)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.bitcast(x, tf.int32)
+    return ops.view(x, "int32")
 
 
 def _first_reaching(totals, rank, axis=-1):
@@ -225,7 +194,7 @@ def _lowest_k_mask_bits(bits, k):
     return ops.logical_not(prune & (k > 0))
 
 
-_lowest_k_mask_xla = _Compiled(_lowest_k_mask_bits)
+_lowest_k_mask_xla = _backend.Compiled(_lowest_k_mask_bits)
 
 
 def _lowest_k_mask_scores(scores, k):
@@ -234,7 +203,7 @@ def _lowest_k_mask_scores(scores, k):
     return _lowest_k_mask_bits(rank_bits(scores), k)
 
 
-_lowest_k_mask_scores_xla = _Compiled(_lowest_k_mask_scores)
+_lowest_k_mask_scores_xla = _backend.Compiled(_lowest_k_mask_scores)
 # Padding: above every real key (NaN's included), so never among the k lowest.
 _PAD_BITS = 0x7FFFFFFF
 
@@ -337,7 +306,7 @@ def _lowest_k_masks_bits(bits, starts, k):
     return ops.logical_not(prune & (ops.take(k, segment) > 0))
 
 
-_lowest_k_masks_xla = _Compiled(_lowest_k_masks_bits)
+_lowest_k_masks_xla = _backend.Compiled(_lowest_k_masks_bits)
 
 
 def lowest_k_masks(scores: list, ks) -> list:

@@ -9,9 +9,8 @@ import warnings
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from prunemix import _keras_compat, policy, saving, schedules
+from prunemix import _backend, _keras_compat, _trainers, policy, saving, schedules
 from prunemix.pruner import Pruner
 from prunemix.saving import FORMAT_VERSION
 
@@ -87,12 +86,12 @@ class _Pruning:
     def _check_pruning_args(self, args, kwargs, schedule, pruner, version, stripped) -> None:
         """Raises for bad pruning arguments before the model is built."""
         backend = keras.backend.backend()
-        if backend != "tensorflow" and not stripped:
+        if backend not in ("tensorflow", "jax") and not stripped:
             raise NotImplementedError(
-                f"prunemix's PrunedModel trains on the TensorFlow backend, and KERAS_BACKEND "
-                f"is {backend!r}. On {backend}, `strip_pruning`'d files load with Keras alone, "
-                "and `shrink`, `channel_graph` and the schedules work; run pruning itself "
-                "with KERAS_BACKEND=tensorflow."
+                f"prunemix's PrunedModel trains on the TensorFlow and JAX backends, and "
+                f"KERAS_BACKEND is {backend!r}. On {backend}, `strip_pruning`'d files load "
+                "with Keras alone, and `shrink`, `channel_graph` and the schedules work; "
+                "run pruning itself with KERAS_BACKEND=jax or tensorflow."
             )
         functional_call = _keras_compat.is_functional_call(args, kwargs)
         if functional_call and not isinstance(self, Functional):
@@ -181,7 +180,7 @@ class _Pruning:
                 "(`prunemix.strip_pruning`); it no longer prunes."
             )
         if self._pruner is None:
-            with tf.init_scope():
+            with _backend.init_scope():
                 pruner = self._new_pruner.track(self)
                 _keras_compat.attach_after_build(self, "_pruner", pruner)
         return self._pruner
@@ -193,30 +192,45 @@ class _Pruning:
         due, and sets every pruned weight to exactly zero. Traceable: use it
         inside your own `train_step` or `tf.function` training loop.
 
+        On JAX, where a `train_step(self, state, data)` is stateless, pass
+        the state instead: `state = self.apply_pruning(state)` returns the
+        state with the new weights, masks and step (nothing else changes).
+
         Args:
             advance: pass a false value (bool or bool tensor) for a step in
                 which no optimizer update was applied; pruned weights are
                 then still zeroed but the step and masks stay as they are.
+                On JAX: the training state, `(trainable_variables,
+                non_trainable_variables, optimizer_variables,
+                metrics_variables)`.
 
         Returns:
             Overall sparsity of the pruned weights (float32 scalar tensor),
-            ready to put in your logs as `"sparsity"`.
+            ready to put in your logs as `"sparsity"`. On JAX, given a state:
+            the new state.
 
         Example:
 
         ```python
-        def train_step(self, data):
+        def train_step(self, data):  # TensorFlow
             ...  # forward, gradients, optimizer.apply(...)
             sparsity = self.apply_pruning()
             return {"loss": loss, "sparsity": sparsity}
+
+        def train_step(self, state, data):  # JAX
+            logs, state = super().train_step(state, data)  # or your own
+            return logs, self.apply_pruning(state)
         ```
         """
+        if isinstance(advance, tuple | list):
+            return _trainers.stateless_pruning(self, advance)[0]
         return self.build_pruning().apply(advance)
 
     def __call__(self, *args, **kwargs):
         outputs = super().__call__(*args, **kwargs)
-        if self._pruner is None and self.built and not self._stripped:
-            self.build_pruning()
+        if self._pruner is None and self.built and not self._stripped and not (
+                keras.backend.backend() == "jax" and _backend.in_traced_call()):
+            self.build_pruning()  # on JAX: at `fit`, or the first eager call
         return outputs
 
     def get_build_config(self):
@@ -306,8 +320,11 @@ class _Pruning:
         # the first trace of the train step; the pruner follows from
         # `__call__` there (its variables are lifted out with `init_scope`).
         if self.built and not self._stripped:
-            self._check_strategy()
-            with self.distribute_strategy.scope():
+            if keras.backend.backend() == "tensorflow":
+                self._check_strategy()
+                with self.distribute_strategy.scope():
+                    self.build_pruning()
+            else:
                 self.build_pruning()
         return super().make_train_function(force=force)
 
@@ -341,25 +358,28 @@ class _Pruning:
         """Logs that Keras can reduce across workers: shape `(1,)` while
         keras#20585 reduces every log along axis 0 (the reduction returns
         scalars again)."""
-        if not _keras_compat.multi_worker_fit_bugs(self.distribute_strategy)[1]:
+        if keras.backend.backend() != "tensorflow" or \
+                not _keras_compat.multi_worker_fit_bugs(self.distribute_strategy)[1]:
             return logs
+        import tensorflow as tf
+
         return {k: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0 else v
                 for k, v in logs.items()}
 
     def test_step(self, *args, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            return super().test_step(*args, **kwargs)
         return self._distributable(super().test_step(*args, **kwargs))
 
     def train_step(self, *args, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            if self._stripped:
+                return super().train_step(*args, **kwargs)
+            return _trainers.train_step(self, super().train_step, *args, **kwargs)
         if self._stripped:
             return self._distributable(super().train_step(*args, **kwargs))
-        # `optimizer.iterations` counts applied updates: it stays put on a
-        # step skipped by loss scaling and between gradient-accumulation
-        # updates, and so does the pruning step.
-        before = tf.identity(self.optimizer.iterations)
-        logs = super().train_step(*args, **kwargs)
-        updated = tf.greater(self.optimizer.iterations, before)
-        sparsity = self.apply_pruning(advance=updated)
-        return self._distributable({**logs, "sparsity": sparsity})
+        logs = _trainers.train_step(self, super().train_step, *args, **kwargs)
+        return self._distributable(logs)
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, then two checks that pruning did what was asked.

@@ -23,9 +23,9 @@ Example:
 
 >>> import numpy as np
 >>> w = np.array([[0.1, -2.0, 0.3, 4.0], [5.0, 0.2, -6.0, 0.05]], "float32")
->>> NMSparsity(2, 4, axis=1).mask(np.abs(w), 0.5).numpy().astype(int).tolist()
+>>> np.asarray(NMSparsity(2, 4, axis=1).mask(np.abs(w), 0.5)).astype(int).tolist()
 [[0, 1, 0, 1], [1, 0, 1, 0]]
->>> BlockSparsity((1, 2)).mask(np.abs(w), 0.5).numpy().astype(int).tolist()
+>>> np.asarray(BlockSparsity((1, 2)).mask(np.abs(w), 0.5)).astype(int).tolist()
 [[0, 0, 0, 0], [1, 1, 1, 1]]
 """
 
@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 from prunemix import _validate, masks
 from prunemix.axes import input_axis, kernel_input_axes, layer_input_axis, layer_output_axis
@@ -124,7 +125,7 @@ class PruningPattern:
         if type(self).mask is PruningPattern.mask:
             raise NotImplementedError(f"{type(self).__name__} must implement `mask()`.")
         keep = self.mask(scores, sparsity)
-        return keep, tf.reduce_sum(tf.cast(tf.logical_not(keep), tf.int32))
+        return keep, _zeros(keep)
 
     def group_masks(self, scores: list, target, bounds: list) -> tuple:
         """`(keep_masks, pruned_counts)` for a group of weights.
@@ -139,7 +140,7 @@ class PruningPattern:
         """
         keeps, counts = [], []
         for score, (low, high) in zip(scores, bounds, strict=True):
-            keep, count = self.mask_and_count(score, tf.clip_by_value(target, low, high))
+            keep, count = self.mask_and_count(score, ops.clip(target, low, high))
             keeps.append(keep)
             counts.append(count)
         return keeps, counts
@@ -172,8 +173,8 @@ class Magnitude(PruningPattern):
     alias = "magnitude"
 
     def mask_and_count(self, scores, sparsity):
-        scores = tf.convert_to_tensor(scores)
-        count = masks.pruned_count(sparsity, tf.size(scores))
+        scores = ops.convert_to_tensor(scores)
+        count = masks.pruned_count(sparsity, math.prod(scores.shape))
         return masks.lowest_k_mask(scores, count), count
 
     def group_masks(self, scores: list, target, bounds: list) -> tuple:
@@ -184,13 +185,12 @@ class Magnitude(PruningPattern):
         if own.mask_and_count is not Magnitude.mask_and_count or own.mask is not \
                 PruningPattern.mask:
             return super().group_masks(scores, target, bounds)
-        scores = [tf.convert_to_tensor(s) for s in scores]
-        lows, highs = zip(*bounds, strict=True)
-        target = tf.cast(target, tf.float64)
-        sparsity = tf.minimum(tf.maximum(target, tf.constant(lows, tf.float64)),
-                              tf.constant(highs, tf.float64))
-        counts = masks.pruned_count(sparsity, [s.shape.num_elements() for s in scores])
-        return masks.lowest_k_masks(scores, counts), tf.unstack(counts)
+        scores = [ops.convert_to_tensor(s) for s in scores]
+        target = ops.convert_to_tensor(target)
+        lows, highs = (ops.convert_to_tensor(b, target.dtype) for b in zip(*bounds, strict=True))
+        sparsity = ops.minimum(ops.maximum(target, lows), highs)
+        counts = masks.pruned_count(sparsity, [math.prod(s.shape) for s in scores])
+        return masks.lowest_k_masks(scores, counts), [counts[i] for i in range(len(scores))]
 
 
 @keras.saving.register_keras_serializable(package="prunemix")
@@ -210,7 +210,7 @@ class GlobalMagnitude(Magnitude):
 
     def group_masks(self, scores: list, target, bounds: list) -> tuple:
         keeps = global_masks(scores, target, bounds)
-        counts = [tf.reduce_sum(tf.cast(tf.logical_not(k), tf.int32)) for k in keeps]
+        counts = [_zeros(k) for k in keeps]
         return keeps, counts
 
 
@@ -287,30 +287,31 @@ class BlockSparsity(PruningPattern):
             )
 
     def mask_and_count(self, scores, sparsity):
-        scores = tf.abs(tf.convert_to_tensor(scores, tf.float32))
+        scores = ops.abs(ops.cast(scores, "float32"))
         shape = tuple(scores.shape)
         block = self._full_block(len(shape))
         blocks = [-(-s // b) for s, b in zip(shape, block, strict=True)]
         pad = [[0, n * b - s] for s, b, n in zip(shape, block, blocks, strict=True)]
         split = [d for n, b in zip(blocks, block, strict=True) for d in (n, b)]
         inner = tuple(range(1, 2 * len(shape), 2))
-        padded = tf.reshape(tf.pad(scores, pad), split)
-        # Entries per block (edge blocks are smaller): a small tensor.
-        real = tf.reduce_sum(tf.reshape(tf.pad(tf.ones_like(scores), pad), split), axis=inner)
+        padded = ops.reshape(ops.pad(scores, pad), split)
+        # Entries per block (edge blocks are smaller): known from the shapes.
+        real = np.ones(shape, "int32")
+        real = np.pad(real, pad).reshape(split).sum(axis=inner).astype("int32")
         if self.pooling == "max":
             # A block holding a NaN scores NaN (ranked last), as with "avg".
-            pooled = tf.where(
-                tf.reduce_any(tf.math.is_nan(padded), axis=inner),
-                float("nan"), tf.reduce_max(padded, axis=inner),
+            pooled = ops.where(
+                ops.any(ops.isnan(padded), axis=inner),
+                float("nan"), ops.max(padded, axis=inner),
             )
         else:
-            pooled = tf.reduce_sum(padded, axis=inner) / real
+            pooled = ops.sum(padded, axis=inner) / real.astype("float32")
         keep_blocks = Magnitude().mask(pooled, sparsity)
-        count = tf.cast(tf.reduce_sum(tf.where(keep_blocks, 0.0, real)), tf.int32)
+        count = ops.sum(ops.where(keep_blocks, 0, real))
         keep = keep_blocks
         for axis, b in enumerate(block):
-            keep = tf.repeat(keep, b, axis=axis)
-        return tf.slice(keep, [0] * len(shape), shape), count
+            keep = ops.repeat(keep, b, axis=axis)
+        return keep[tuple(slice(0, d) for d in shape)], count
 
     def get_config(self) -> dict:
         return {"block_shape": list(self.block_shape), "pooling": self.pooling}
@@ -451,23 +452,23 @@ class NMSparsity(PruningPattern):
             )
 
     def mask_and_count(self, scores, sparsity=None):
-        scores = tf.convert_to_tensor(scores, tf.float32)
+        scores = ops.cast(scores, "float32")
         rank = len(scores.shape)
         axis = self._axis(rank)
         perm = [a for a in range(rank) if a != axis] + [axis]
-        moved = tf.transpose(masks.rank_bits(scores), perm)
-        groups = tf.reshape(moved, [-1, self.m])
+        moved = ops.transpose(masks.rank_bits(scores), perm)
+        groups = ops.reshape(moved, [-1, self.m])
         # The n lowest of each group (NaN last); `top_k` breaks ties by lower index.
-        _, lowest = tf.math.top_k(-groups, k=self.n)
-        pruned = tf.reduce_sum(tf.one_hot(lowest, self.m, dtype=tf.int32), axis=-2) > 0
-        keep = tf.reshape(tf.logical_not(pruned), tf.shape(moved))
-        keep = tf.transpose(keep, tf.math.invert_permutation(perm))
-        count = tf.constant(math.prod(scores.shape) // self.m * self.n, tf.int32)
+        _, lowest = ops.top_k(-groups, k=self.n)
+        pruned = ops.sum(ops.one_hot(lowest, self.m, dtype="int32"), axis=-2) > 0
+        keep = ops.reshape(ops.logical_not(pruned), ops.shape(moved))
+        keep = ops.transpose(keep, [int(a) for a in np.argsort(perm)])
+        count = ops.convert_to_tensor(math.prod(scores.shape) // self.m * self.n, "int32")
         if sparsity is None:
             return keep, count
         # A fixed pattern: nothing is pruned while the target is 0.
-        off = tf.less_equal(tf.cast(sparsity, tf.float64), 0.0)
-        return tf.logical_or(keep, off), tf.where(off, 0, count)
+        off = ops.convert_to_tensor(sparsity) <= 0
+        return keep | off, ops.where(off, 0, count)
 
     def get_config(self) -> dict:
         return {"n": self.n, "m": self.m, "axis": self.axis}
@@ -522,19 +523,19 @@ class StructuredSparsity(PruningPattern):
         return StructuredSparsity(find(layer, weight), self.norm)
 
     def mask_and_count(self, scores, sparsity):
-        scores = tf.convert_to_tensor(scores, tf.float32)
+        scores = ops.cast(scores, "float32")
         rank = len(scores.shape)
         axis = self._axis(rank)
         others = [a for a in range(rank) if a != axis]
         if self.norm == "l1":
-            norms = tf.reduce_sum(tf.abs(scores), axis=others)
+            norms = ops.sum(ops.abs(scores), axis=others)
         else:
-            norms = tf.sqrt(tf.reduce_sum(tf.square(scores), axis=others))
+            norms = ops.sqrt(ops.sum(ops.square(scores), axis=others))
         keep, units = Magnitude().mask_and_count(norms, sparsity)
         shape = [1] * rank
         shape[axis] = -1
         per_unit = math.prod(scores.shape) // scores.shape[axis]
-        return tf.broadcast_to(tf.reshape(keep, shape), tf.shape(scores)), units * per_unit
+        return ops.broadcast_to(ops.reshape(keep, shape), ops.shape(scores)), units * per_unit
 
     def get_config(self) -> dict:
         return {"axis": self.axis, "norm": self.norm}
@@ -549,28 +550,38 @@ def global_masks(scores: list, sparsity, bounds: list) -> list:
     the bounds allow.
     """
     sizes = [math.prod(s.shape) for s in scores]
-    flat = [tf.reshape(tf.cast(s, tf.float32), [-1]) for s in scores]
+    flat = [ops.reshape(ops.cast(s, "float32"), [-1]) for s in scores]
     k = masks.pruned_count(sparsity, sum(sizes))
     bounded = any(b != (0.0, 1.0) for b in bounds)
     if not bounded:
-        keep = masks.lowest_k_mask(tf.concat(flat, 0), k)
-        return [tf.reshape(m, s.shape) for m, s in zip(tf.split(keep, sizes), scores, strict=True)]
+        return _split(masks.lowest_k_mask(ops.concatenate(flat, 0), k), scores)
     lows = [masks.pruned_count(lo, n) for (lo, _), n in zip(bounds, sizes, strict=True)]
     highs = [masks.pruned_count(hi, n) for (_, hi), n in zip(bounds, sizes, strict=True)]
-    k = tf.clip_by_value(k, tf.add_n(lows), tf.add_n(highs))
+    k = ops.clip(k, sum(lows), sum(highs))
     forced, candidates = [], []
     for f, lo, hi in zip(flat, lows, highs, strict=True):
-        must = tf.logical_not(masks.lowest_k_mask(f, lo))  # the lo lowest: pruned
-        may = tf.logical_not(masks.lowest_k_mask(f, hi))  # the hi lowest: allowed
+        must = ops.logical_not(masks.lowest_k_mask(f, lo))  # the lo lowest: pruned
+        may = ops.logical_not(masks.lowest_k_mask(f, hi))  # the hi lowest: allowed
         forced.append(must)
-        candidates.append(
-            tf.where(tf.logical_and(may, tf.logical_not(must)), tf.abs(f), float("inf"))
-        )
-    chosen = masks.lowest_k_mask(tf.concat(candidates, 0), k - tf.add_n(lows))
-    out = []
-    for must, keep, s in zip(forced, tf.split(chosen, sizes), scores, strict=True):
-        out.append(tf.reshape(tf.logical_and(keep, tf.logical_not(must)), s.shape))
+        candidates.append(ops.where(may & ops.logical_not(must), ops.abs(f), float("inf")))
+    chosen = masks.lowest_k_mask(ops.concatenate(candidates, 0), k - sum(lows))
+    return [keep & ops.logical_not(ops.reshape(must, s.shape))
+            for must, keep, s in zip(forced, _split(chosen, scores), scores, strict=True)]
+
+
+def _split(flat, scores) -> list:
+    """`flat` cut into pieces shaped like `scores`, in order."""
+    out, start = [], 0
+    for s in scores:
+        size = math.prod(s.shape)
+        out.append(ops.reshape(flat[start:start + size], s.shape))
+        start += size
     return out
+
+
+def _zeros(keep):
+    """Pruned entries of a keep-mask, an int32 scalar."""
+    return ops.sum(ops.cast(ops.logical_not(keep), "int32"))
 
 
 def get(identifier: Any) -> PruningPattern:

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from prunemix import policy, saving, schedules
+from prunemix import _backend, policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
 from prunemix.structured import channels
 
@@ -81,8 +81,8 @@ class Pruner(keras.layers.Layer):
     State (all non-trainable, saved with the model):
     - one `bool` mask per pruned weight (1 byte per weight), saved under the
       weight's key, never by position;
-    - `pruned_counts` (int64, one per pruned weight): zeros in each mask;
-    - `pruning_step` (int64): how many times `apply()` ran, i.e. optimizer
+    - `pruned_counts` (int64; int32 on JAX without x64; one per pruned weight): zeros in each mask;
+    - `pruning_step` (int64, or int32 likewise): how many times `apply()` ran, i.e. optimizer
       updates seen.
 
     `sparsity` (pruned fraction over all pruned weights) is derived from the
@@ -192,17 +192,17 @@ class Pruner(keras.layers.Layer):
             for schedule in self._schedules:
                 schedules.check_values(schedule)
         self.pruning_step = self.add_weight(
-            name="pruning_step", shape=(), dtype="int64", initializer="zeros",
+            name="pruning_step", shape=(), dtype=_backend.wide("int64"), initializer="zeros",
             trainable=False, aggregation="only_first_replica",
         )
         self.pruned_counts = self.add_weight(
-            name="pruned_counts", shape=(len(self.pruned_weights),), dtype="int64",
+            name="pruned_counts", shape=(len(self.pruned_weights),), dtype=_backend.wide("int64"),
             initializer="zeros", trainable=False, aggregation="only_first_replica",
         )
         # The last step whose schedule value was not a sparsity (0: none) and
         # the value: masks stay as they were; `PrunedModel.fit` raises. Not saved.
         self.invalid_target = self.add_weight(
-            name="invalid_target", shape=(2,), dtype="float64", initializer="zeros",
+            name="invalid_target", shape=(2,), dtype=_backend.wide("float64"), initializer="zeros",
             trainable=False, aggregation="only_first_replica",
         )
         self._index = {id(p): i for i, p in enumerate(self.pruned_weights)}
@@ -263,7 +263,7 @@ class Pruner(keras.layers.Layer):
         """Fraction of pruned entries over all pruned weights (float32 scalar
         tensor), from `pruned_counts`."""
         self._check_built()
-        pruned = ops.sum(ops.cast(self.pruned_counts, "float64"))
+        pruned = ops.sum(ops.cast(self.pruned_counts, _backend.wide("float64")))
         return ops.cast(pruned / max(self._total, 1), "float32")
 
     def update_masks(self, step=None):
@@ -281,34 +281,108 @@ class Pruner(keras.layers.Layer):
             self._update_schedule(schedule, step)
         return self.sparsity
 
+    def _schedule_masks(self, schedule, target) -> list:
+        """`(index, keep mask, pruned count)` of every weight that follows
+        `schedule`, for its value `target`."""
+        out = []
+        for group_schedule, pattern, members in self._groups:
+            if group_schedule is not schedule:
+                continue
+            keeps, counts = pattern.group_masks(
+                [p.scores() for p in members], target, [p.bounds for p in members]
+            )
+            for p, keep, count in zip(members, keeps, counts, strict=True):
+                out.append((self._index[id(p)], keep, ops.cast(count, self.pruned_counts.dtype)))
+        return out
+
     def _update_schedule(self, schedule, step):
         """Updates every group that follows `schedule`, if its value is valid."""
         target = schedule(step)
         valid = ops.logical_and(ops.greater_equal(target, 0.0), ops.less(target, 1.0))
 
         def update():
-            indices, counts = [], []
-            for group_schedule, pattern, members in self._groups:
-                if group_schedule is not schedule:
-                    continue
-                keeps, group_counts = pattern.group_masks(
-                    [p.scores() for p in members], target, [p.bounds for p in members]
-                )
-                for p, keep, count in zip(members, keeps, group_counts, strict=True):
-                    p.mask.assign(keep)
-                    indices.append([self._index[id(p)]])
-                    counts.append(ops.cast(count, "int64"))
-            self.pruned_counts.assign(tf.tensor_scatter_nd_update(
-                ops.convert_to_tensor(self.pruned_counts), indices, ops.stack(counts)
+            updates = self._schedule_masks(schedule, target)
+            for index, keep, _ in updates:
+                self.pruned_weights[index].mask.assign(keep)
+            self.pruned_counts.assign(ops.scatter_update(
+                ops.convert_to_tensor(self.pruned_counts),
+                [[index] for index, _, _ in updates], ops.stack([c for _, _, c in updates]),
             ))
             return ops.convert_to_tensor(True)
 
         def reject():
-            bad = ops.stack([ops.cast(step, "float64"), ops.cast(target, "float64")])
+            bad = ops.stack([ops.cast(step, self.invalid_target.dtype),
+                             ops.cast(target, self.invalid_target.dtype)])
             self.invalid_target.assign(bad)
             return ops.convert_to_tensor(False)
 
         return ops.cond(valid, update, reject)
+
+    def stateless_apply(self, values: list, advance: Any = True) -> tuple:
+        """`apply()` for a stateless training step (JAX): values in, values out.
+
+        Reads the tracked weights and the pruner's own variables from
+        `values` instead of the variables, and changes no variable: the
+        way Keras's `stateless_call` and `optimizer.stateless_apply` work,
+        so it runs inside `jax.jit` and a JAX `train_step(state, data)`.
+
+        Args:
+            values: `(variable, value)` pairs holding at least every
+                tracked weight and the pruner's variables.
+            advance: whether an optimizer update happened (see `apply()`).
+
+        Returns:
+            `(new_values, sparsity)`: `(variable, new value)` pairs for the
+            variables a step changes (pruned weights, masks, `pruning_step`,
+            `pruned_counts`, `invalid_target`), and the overall sparsity.
+        """
+        self._check_built()
+        with keras.StatelessScope(state_mapping=values) as scope:
+            sparsity = self._apply_values(ops.convert_to_tensor(advance, dtype="bool"))
+        changed = [self.pruning_step, self.pruned_counts, self.invalid_target]
+        changed += [p.mask for p in self.pruned_weights] + [p.weight for p in self.pruned_weights]
+        return [(v, scope.get_current_value(v)) for v in changed], sparsity
+
+    def _apply_values(self, advance):
+        """One step written as values (conditions return new values, assigning
+        nothing inside them), for `stateless_apply`."""
+        step = ops.convert_to_tensor(self.pruning_step) + ops.cast(advance, self.pruning_step.dtype)
+        self.pruning_step.assign(step)
+        state = ([ops.convert_to_tensor(p.mask) for p in self.pruned_weights],
+                 ops.convert_to_tensor(self.pruned_counts),
+                 ops.convert_to_tensor(self.invalid_target))
+
+        def schedule_values(schedule, state):
+            masks, counts, invalid = state
+            target = schedule(step)
+            valid = ops.logical_and(ops.greater_equal(target, 0.0), ops.less(target, 1.0))
+
+            def update():
+                new_masks, new_counts = list(masks), counts
+                for index, keep, count in self._schedule_masks(schedule, target):
+                    new_masks[index] = keep
+                    new_counts = ops.scatter_update(
+                        new_counts, [[index]], ops.cast(ops.stack([count]), counts.dtype))
+                return new_masks, new_counts, invalid
+
+            def reject():
+                bad = ops.stack([ops.cast(step, invalid.dtype), ops.cast(target, invalid.dtype)])
+                return list(masks), counts, bad
+
+            return ops.cond(valid, update, reject)
+
+        for schedule in self._schedules:
+            due = ops.logical_and(advance, schedule.should_prune(step))
+            state = ops.cond(due, lambda s=schedule, st=state: schedule_values(s, st),
+                             lambda st=state: st)
+        masks, counts, invalid = state
+        for p, mask in zip(self.pruned_weights, masks, strict=True):
+            p.mask.assign(mask)
+            weight = ops.convert_to_tensor(p.weight)
+            p.weight.assign(ops.where(mask, weight, ops.zeros_like(weight)))
+        self.pruned_counts.assign(counts)
+        self.invalid_target.assign(invalid)
+        return self.sparsity
 
     def apply_masks(self) -> None:
         """Sets every pruned entry of every tracked weight to exactly zero."""
@@ -357,7 +431,7 @@ class Pruner(keras.layers.Layer):
         return self._apply(advance, distributed=False)
 
     def _apply(self, advance, distributed: bool):
-        self.pruning_step.assign_add(ops.cast(advance, "int64"))
+        self.pruning_step.assign_add(ops.cast(advance, self.pruning_step.dtype))
         step = ops.convert_to_tensor(self.pruning_step)
         dues = [ops.logical_and(advance, s.should_prune(step)) for s in self._schedules]
 

@@ -3,7 +3,8 @@
 A schedule answers two questions for a pruning step (the count of optimizer
 updates applied so far, starting at 1 for the first update):
 
-- `schedule(step)`: the target sparsity, a float64 scalar tensor in [0, 1);
+- `schedule(step)`: the target sparsity, a float64 scalar tensor in [0, 1)
+  (float32 on JAX without `jax_enable_x64`);
 - `schedule.should_prune(step)`: whether the masks are recomputed at `step`.
 
 Both are branch-free, so they trace, compile under XLA and run eagerly alike.
@@ -28,7 +29,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from prunemix import _validate
+from prunemix import _backend, _validate
 
 __all__ = ["ConstantSparsity", "PolynomialDecay", "PruningSchedule", "check_values", "get"]
 
@@ -123,7 +124,7 @@ class _StepRange(PruningSchedule):
         return sorted({0, 1, self.begin_step, (self.begin_step + end) // 2, end, 2 * end + 1})
 
     def should_prune(self, step):
-        step = ops.cast(step, "int64")
+        step = ops.cast(step, _backend.wide("int64"))
         in_range = ops.greater_equal(step, self.begin_step)
         if self.end_step != -1:
             in_range = ops.logical_and(in_range, ops.less_equal(step, self.end_step))
@@ -169,7 +170,7 @@ class ConstantSparsity(_StepRange):
 
     def __call__(self, step):
         del step
-        return ops.convert_to_tensor(self.target_sparsity, dtype="float64")
+        return ops.convert_to_tensor(self.target_sparsity, dtype=_backend.wide("float64"))
 
     def get_config(self) -> dict:
         return {
@@ -233,10 +234,10 @@ class PolynomialDecay(_StepRange):
         self.power = power
 
     def __call__(self, step):
-        step = ops.cast(step, "float64")
+        step = ops.cast(step, _backend.wide("float64"))
         span = self.end_step - self.begin_step
         if span == 0:
-            p = ops.cast(step >= self.begin_step, "float64")
+            p = ops.cast(step >= self.begin_step, _backend.wide("float64"))
         else:
             p = ops.clip((step - self.begin_step) / span, 0.0, 1.0)
         return self.final_sparsity + (
@@ -262,7 +263,7 @@ class _FunctionSchedule(PruningSchedule):
         self.fn = fn
 
     def __call__(self, step):
-        return ops.cast(self.fn(step), "float64")
+        return ops.cast(self.fn(step), _backend.wide("float64"))
 
     def raw(self, step):
         return self.fn(step)
@@ -344,7 +345,7 @@ def check_values(schedule: PruningSchedule) -> None:
     steps = getattr(schedule, "probe_steps", lambda: _PROBE_STEPS)()
     raw = getattr(schedule, "raw", schedule)
     for step in steps:
-        value = raw(ops.convert_to_tensor(step, "int64"))
+        value = raw(ops.convert_to_tensor(step, _backend.wide("int64")))
         problem = _value_problem(value)
         if problem:
             raise ValueError(

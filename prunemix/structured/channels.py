@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from prunemix import _validate, masks, policy
 from prunemix.patterns import PruningPattern
@@ -98,45 +98,45 @@ class ChannelGroups(PruningPattern):
 
         def axis_sums(i, axis):
             if (i, axis) not in sums:
-                s = tf.abs(tf.cast(scores[i], tf.float32)) ** power
+                s = ops.abs(ops.cast(scores[i], "float32")) ** power
                 others = [a for a in range(len(s.shape)) if a != axis]
-                sums[(i, axis)] = tf.reduce_sum(s, axis=others) if others else s
+                sums[(i, axis)] = ops.sum(s, axis=others) if others else s
             return sums[(i, axis)]
 
         axis_keep = {}
         for group in groups:
             n, blocked, members, touched = group
-            importance = tf.zeros([n], tf.float32)
+            importance = ops.zeros([n], "float32")
             for i, axis, positions, classes in members:
-                local = tf.math.unsorted_segment_sum(
-                    tf.gather(axis_sums(i, axis), positions), classes, n
+                local = ops.segment_sum(
+                    ops.take(axis_sums(i, axis), positions), classes, num_segments=n
                 )
-                importance += local if power == 1.0 else tf.sqrt(local)
+                importance += local if power == 1.0 else ops.sqrt(local)
             if self.reduction == "mean":
                 importance /= touched
             pruned = masks.pruned_count(target, n)
             if self.round_to > 1:
                 total = n + blocked
                 kept = -(-(total - pruned) // self.round_to) * self.round_to
-                pruned = tf.maximum(total - kept, 0)
-            pruned = tf.minimum(pruned, n - (blocked == 0))
+                pruned = ops.maximum(total - kept, 0)
+            pruned = ops.minimum(pruned, n - (blocked == 0))
             keep = masks.lowest_k_mask(importance, pruned)
             for i, axis, positions, classes in members:
                 size = scores[i].shape[axis]
-                axis_keep[(i, axis)] = tf.tensor_scatter_nd_update(
-                    tf.ones([size], tf.bool), positions[:, None], tf.gather(keep, classes)
+                axis_keep[(i, axis)] = ops.scatter_update(
+                    ops.ones([size], "bool"), positions[:, None], ops.take(keep, classes)
                 )
         keeps, counts = [], []
         for i, score in enumerate(scores):
             rank = len(score.shape)
-            keep = tf.ones(score.shape, tf.bool)
+            keep = ops.ones(score.shape, "bool")
             for (j, axis), vector in axis_keep.items():
                 if j == i:
                     shape = [1] * rank
                     shape[axis] = -1
-                    keep = tf.logical_and(keep, tf.reshape(vector, shape))
+                    keep = keep & ops.reshape(vector, shape)
             keeps.append(keep)
-            counts.append(tf.reduce_sum(tf.cast(tf.logical_not(keep), tf.int32)))
+            counts.append(ops.sum(ops.cast(ops.logical_not(keep), "int32")))
         return keeps, counts
 
     def get_config(self) -> dict:
