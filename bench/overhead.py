@@ -114,8 +114,8 @@ def jax_mask_fns(pruner):
 
     weights = [p.weight for p in pruner.pruned_weights]
     state = [(v, v.value) for v in [*weights, *pruner.variables]]
-    ours_jit = jax.jit(lambda values: pruner.stateless_apply(
-        list(zip([v for v, _ in state], values, strict=True)), True)[0])
+    ours_jit = jax.jit(lambda values: [new for _, new in pruner.stateless_apply(
+        list(zip([v for v, _ in state], values, strict=True)), True)[0]])
 
     def by_sort(values):
         out = []
