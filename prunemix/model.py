@@ -26,6 +26,9 @@ _DEFERRED = contextvars.ContextVar("prunemix_deferred_pruning", default=False)
 # functional graph, a keras_hub task or backbone) carries its pruning state.
 CONFIG_KEYS = ("pruner", "prunemix_format", "prunemix_stripped")
 
+# A pruned model's one pruning state (`_Pruning._set_state`).
+DEFERRED, PENDING, ACTIVE, STRIPPED = "deferred", "pending", "active", "stripped"
+
 
 def _set_untracked(model, name: str, value) -> None:
     # The pruner waiting to be built holds no variables; Keras tracks it once
@@ -55,6 +58,8 @@ class _Pruning:
     through a mixin unchanged, so pruning composes with any model class,
     keras_hub tasks and backbones included.
     """
+
+    _pruning_state = DEFERRED  # until `_begin_pruning`, after the model's own __init__
 
     def __new__(cls, *args, **kwargs):
         instance = super().__new__(cls, *args, **kwargs)
@@ -116,27 +121,32 @@ class _Pruning:
     def _begin_pruning(self, schedule, rules, saved: dict | None, stripped: bool) -> None:
         """Sets the pruner up after the model's own `__init__` (built now, for
         a functional graph; at its first call otherwise)."""
-        if stripped or (saved is None and _DEFERRED.get()):
-            new = None
+        self._pruner = None
+        self._warned_unpruned = False
+        if stripped:
+            self._set_state(STRIPPED)
+        elif saved is None and _DEFERRED.get():
+            self._set_state(DEFERRED)
         elif saved is not None:
-            new = self._saved_pruner(saved, schedule, rules)
+            self._set_state(PENDING, self._saved_pruner(saved, schedule, rules))
         else:
-            new = Pruner(schedule, rules, name="pruner")
-        self._wait_for_build(new)
-        if new is not None and self.built:
+            self._set_state(PENDING, Pruner(schedule, rules, name="pruner"))
+        if self._pruning_state == PENDING and self.built:
             self.build_pruning()
 
     def start_pruning(self, pruner: Pruner) -> None:
         """Gives a model made while pruning was deferred its pruner."""
-        _set_untracked(self, "_new_pruner", pruner)
+        self._set_state(PENDING, pruner)
         if self.built:
             self.build_pruning()
 
-    def _wait_for_build(self, pruner: Pruner) -> None:
-        """Holds `pruner` until the model is built (`build_pruning` tracks it)."""
-        self._pruner = None
-        self._warned_unpruned = False
-        _set_untracked(self, "_new_pruner", pruner)
+    def _set_state(self, state: str, pending: Pruner | None = None) -> None:
+        """The one place the pruning state changes (see `PrunedModel`):
+        `DEFERRED` (a copy waiting for `start_pruning`), `PENDING` (a pruner
+        waiting for the model to be built), `ACTIVE` (`_pruner` tracks the
+        weights) or `STRIPPED` (never prunes)."""
+        _set_untracked(self, "_pruning_state", state)
+        _set_untracked(self, "_new_pruner", pending)
 
     @property
     def pruning_schedule(self):
@@ -152,8 +162,12 @@ class _Pruning:
 
     @property
     def _stripped(self) -> bool:
-        # A stripped model has no pruner and none waiting to be built.
-        return self._pruner is None and self._new_pruner is None
+        return self._pruning_state == STRIPPED
+
+    @property
+    def _pending(self) -> bool:
+        """Whether a pruner waits for the model to be built."""
+        return self._pruning_state == PENDING
 
     @property
     def pruner(self):
@@ -179,10 +193,16 @@ class _Pruning:
                 f"Model '{self.name}' was stripped of its pruning state "
                 "(`prunemix.strip_pruning`); it no longer prunes."
             )
+        if self._pruning_state == DEFERRED:
+            raise ValueError(
+                f"Model '{self.name}' is a copy still waiting for its pruner "
+                "(`prunemix.prune_model` gives it one once its weights are in)."
+            )
         if self._pruner is None:
             with _backend.init_scope():
                 pruner = self._new_pruner.track(self)
                 _keras_compat.attach_after_build(self, "_pruner", pruner)
+            self._set_state(ACTIVE)
         return self._pruner
 
     def apply_pruning(self, advance: Any = True):
@@ -228,7 +248,7 @@ class _Pruning:
 
     def __call__(self, *args, **kwargs):
         outputs = super().__call__(*args, **kwargs)
-        if self._pruner is None and self.built and not self._stripped and not (
+        if self._pending and self.built and not (
                 keras.backend.backend() == "jax" and _backend.in_traced_call()):
             self.build_pruning()  # on JAX: at `fit`, or the first eager call
         return outputs
@@ -263,7 +283,7 @@ class _Pruning:
         layers = _keras_compat.nested_layers(self)
         if config and not self.built and layers and all(layer.built for layer in layers):
             self.built = True
-        if self.built and not self._stripped:
+        if self.built and self._pending:
             self.build_pruning()
 
     def get_config(self) -> dict:
@@ -275,6 +295,8 @@ class _Pruning:
         if self._stripped:
             return {**config, "prunemix_stripped": True}
         pruner = self._pruner or self._new_pruner
+        if pruner is None:  # a deferred copy: its pruner comes with its weights
+            return config
         return {**config, "pruner": pruner.get_config(), "prunemix_format": FORMAT_VERSION}
 
     def _saved_pruner(self, saved: dict, schedule=None, rules=None) -> Pruner:
@@ -294,8 +316,11 @@ class _Pruning:
 
     def _adopt_saved_pruner(self, saved: dict) -> None:
         new = self._new_pruner
-        _set_untracked(self, "_new_pruner", self._saved_pruner(
-            saved, new.pruning_schedule, new.pruning_policy))
+        if new is None:
+            self._set_state(PENDING, self._saved_pruner(saved))
+        else:
+            self._set_state(PENDING, self._saved_pruner(
+                saved, new.pruning_schedule, new.pruning_policy))
 
     def load_weights(self, filepath, *args, **kwargs):
         """`keras.Model.load_weights`; masks load onto their own weights by key.
@@ -319,7 +344,7 @@ class _Pruning:
         # Without a distribution strategy Keras builds the model lazily, in
         # the first trace of the train step; the pruner follows from
         # `__call__` there (its variables are lifted out with `init_scope`).
-        if self.built and not self._stripped:
+        if self.built and self._pruning_state in (PENDING, ACTIVE):
             if keras.backend.backend() == "tensorflow":
                 self._check_strategy()
                 with self.distribute_strategy.scope():
@@ -372,11 +397,12 @@ class _Pruning:
         return self._distributable(super().test_step(*args, **kwargs))
 
     def train_step(self, *args, **kwargs):
+        prunes = self._pruning_state in (PENDING, ACTIVE)
         if keras.backend.backend() != "tensorflow":
-            if self._stripped:
+            if not prunes:
                 return super().train_step(*args, **kwargs)
             return _trainers.train_step(self, super().train_step, *args, **kwargs)
-        if self._stripped:
+        if not prunes:
             return self._distributable(super().train_step(*args, **kwargs))
         logs = _trainers.train_step(self, super().train_step, *args, **kwargs)
         return self._distributable(logs)
@@ -424,7 +450,7 @@ class _Pruning:
 
     def _strip(self) -> None:
         """Makes an unbuilt model stripped: it has no pruner and never prunes."""
-        _set_untracked(self, "_new_pruner", None)
+        self._set_state(STRIPPED)
 
     def _stripped_copy(self):
         """A copy from this model's config with no pruner: an instance of the

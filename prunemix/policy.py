@@ -353,3 +353,43 @@ def deserialize_resolution(record: dict) -> dict:
         }
     except (KeyError, IndexError, TypeError) as error:
         raise ValueError(f"Malformed saved pruning resolution ({error!r}).") from None
+
+
+def plan(model, located: list, rules: list, schedule, resolution: dict | None = None,
+         owner: str = "pruner") -> tuple:
+    """The weights a model prunes and how: `(located, specs)`.
+
+    Matches `rules` against the located weights (or reads a saved
+    `resolution` instead), then lets patterns that need the model's graph
+    (`ChannelGroups`) plan over it. The `Pruner` gets the result and only
+    holds masks for it.
+
+    Args:
+        model: the built model.
+        located: `(layer, weight, path, key)` of each prunable weight.
+        rules: the policy's `Rule`s.
+        schedule: the default schedule.
+        resolution: a saved resolution (`serialize_resolution`), or None.
+        owner: the pruner's name, for error messages.
+
+    Returns:
+        The located weights (planning may couple more, such as biases) and
+        a `{key: Spec}` dict.
+
+    Raises:
+        ValueError: as `resolve` does; for a saved resolution that names
+            weights the model does not have.
+    """
+    from prunemix import saving
+    from prunemix.structured import channels  # it imports this module
+
+    if resolution is None:
+        return channels.plan(model, located, resolve(rules, located, schedule, model.name))
+    saved = deserialize_resolution(resolution)
+    located, specs = channels.plan(model, located, saved)
+    where = f"the saved pruning state of model '{model.name}'"
+    saving.check_keys(list(saved), [key for _, _, _, key in located], where, owner,
+                      subset=True)
+    if set(specs) != set(saved):  # the graph now couples other channels
+        saving.check_keys(list(saved), list(specs), where, owner)
+    return located, specs

@@ -15,7 +15,6 @@ from keras import ops
 
 from prunemix import _backend, policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
-from prunemix.structured import channels
 
 __all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
 
@@ -62,7 +61,7 @@ class _Manifest(tf.train.experimental.PythonState):
 
     def deserialize(self, string_value):
         saved = json.loads(string_value)
-        self._pruner._check_keys(saved, "the checkpoint")
+        saving.check_keys(saved, self._pruner._keys(), "the checkpoint", self._pruner.name)
 
 
 class _MaskTable(tf.Module):
@@ -164,11 +163,8 @@ class Pruner(keras.layers.Layer):
                 "found at any depth; custom layers declare theirs with "
                 "`PrunableMixin`, `@prunable(...)` or `get_prunable_weights()`."
             )
-        if self._resolution is None:
-            specs = policy.resolve(self.pruning_policy, located, self.pruning_schedule, model.name)
-            located, specs = channels.plan(model, located, specs)
-        else:
-            located, specs = self._saved_specs(located, model)
+        located, specs = policy.plan(model, located, self.pruning_policy,
+                                     self.pruning_schedule, self._resolution, self.name)
         self.skipped = [path for _, weight, path, _ in located if not math.prod(weight.shape)]
         masks = {}
         for layer, weight, path, key in located:
@@ -211,34 +207,8 @@ class Pruner(keras.layers.Layer):
         self.built = True
         return self
 
-    def _saved_specs(self, located, model) -> tuple:
-        saved = policy.deserialize_resolution(self._resolution)
-        located, specs = channels.plan(model, located, saved)
-        where = f"the saved pruning state of model '{model.name}'"
-        self._check_keys(list(saved), where, own=[key for _, _, _, key in located], subset=True)
-        if set(specs) != set(saved):  # the graph now couples other channels
-            self._check_keys(list(saved), where, own=list(specs))
-        return located, specs
-
     def _keys(self) -> list:
         return [p.key for p in self.pruned_weights]
-
-    def _check_keys(self, saved: list, where: str, own: list | None = None,
-                    subset: bool = False) -> None:
-        """Raises unless `saved` names exactly this pruner's weights (or, with
-        `subset`, only weights among `own`)."""
-        own = self._keys() if own is None else own
-        missing = [k for k in saved if k not in own]
-        extra = [] if subset else [k for k in own if k not in saved]
-        if missing or extra:
-            raise ValueError(
-                f"Pruning state mismatch: {where} is for pruned weights {sorted(saved)}; "
-                f"pruner '{self.name}' {'has' if subset else 'prunes'} {sorted(own)}"
-                + (f". Only in {where}: {missing}" if missing else "")
-                + (f". Only in the model: {extra}" if extra else "")
-                + ". Load it into a model with the same layers and pruning policy, or load "
-                "a dense weights file to start the masks afresh."
-            )
 
     def _make_groups(self) -> list:
         """`(schedule, pattern, [pruned weights])` per distinct pair, in order.

@@ -18,7 +18,7 @@ import numpy as np
 # format is an error; format 1 still loads.
 FORMAT_VERSION = 2
 
-__all__ = ["FORMAT_VERSION", "check_format", "has_pruning_state", "load_model",
+__all__ = ["FORMAT_VERSION", "check_format", "check_keys", "has_pruning_state", "load_model",
            "read_pruner_state", "read_pruning_state", "write_pruner_state"]
 
 
@@ -88,11 +88,7 @@ def parse_state(get, names, where: str, shapes: dict | None = None) -> dict:
     version = manifest.get("format")
     if not isinstance(version, int) or isinstance(version, bool) or version < 2:
         raise _damaged(where, f"the manifest's format is {version!r}")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{where} was saved with prunemix pruning-state format {version!r}; this "
-            f"prunemix reads format {FORMAT_VERSION} and older. Upgrade prunemix."
-        )
+    _check_version(version, where)
     keys = manifest.get("keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         raise _damaged(where, f"the manifest's keys must be a list of names, got {keys!r:.80}")
@@ -152,7 +148,7 @@ def read_pruner_state(pruner, store) -> None:
     state = parse_state(store.__getitem__, store.keys(), "the file",
                         {p.key: p.weight.shape for p in pruner.pruned_weights})
     saved = state["keys"]
-    pruner._check_keys(saved, "the file")
+    check_keys(saved, pruner._keys(), "the file", pruner.name)
     for p in pruner.pruned_weights:
         p.mask.assign(state["masks"][saved.index(p.key)])
     pruner.pruned_counts.assign(
@@ -208,15 +204,36 @@ def has_pruning_state(filepath) -> bool:
     return bool(found)
 
 
+def check_keys(saved: list, own: list, where: str, owner: str, subset: bool = False) -> None:
+    """Raises unless `saved` (pruned-weight keys from a file, checkpoint or
+    saved resolution) names exactly the weights `own` (with `subset`: only
+    weights among `own`), naming the keys on both sides."""
+    missing = [k for k in saved if k not in own]
+    extra = [] if subset else [k for k in own if k not in saved]
+    if missing or extra:
+        raise ValueError(
+            f"Pruning state mismatch: {where} is for pruned weights {sorted(saved)}; "
+            f"pruner '{owner}' {'has' if subset else 'prunes'} {sorted(own)}"
+            + (f". Only in {where}: {missing}" if missing else "")
+            + (f". Only in the model: {extra}" if extra else "")
+            + ". Load it into a model with the same layers and pruning policy, or load "
+            "a dense weights file to start the masks afresh."
+        )
+
+
 def check_format(config: dict, what: str) -> dict:
     """`config` without its `prunemix_format` key; raises for a newer format."""
-    version = config.get("prunemix_format", 1)
+    _check_version(config.get("prunemix_format", 1), what)
+    return {k: v for k, v in config.items() if k != "prunemix_format"}
+
+
+def _check_version(version, what: str) -> None:
+    """Raises unless `version` is a pruning-state format this prunemix reads."""
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise ValueError(
             f"{what} was saved with prunemix pruning-state format {version!r}; this "
             f"prunemix reads format {FORMAT_VERSION} and older. Upgrade prunemix."
         )
-    return {k: v for k, v in config.items() if k != "prunemix_format"}
 
 
 def _check_archive(path: str) -> None:

@@ -366,3 +366,30 @@ def test_missing_or_bad_schedule_is_an_error_at_construction():
     inputs = keras.Input((3,))
     with pytest.raises(TypeError, match="needs `pruning_schedule=`"):
         prunemix.PrunedModel(inputs, keras.layers.Dense(2)(inputs))
+
+
+def test_one_explicit_pruning_state_from_construction_to_strip():
+    from prunemix import model as model_module
+
+    class Small(prunemix.PrunedModel):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    small = Small(pruning_schedule=prunemix.ConstantSparsity(0.5))
+    assert small._pruning_state == model_module.PENDING and small.pruner is None
+    small(np.zeros((1, 4), "float32"))
+    assert small._pruning_state == model_module.ACTIVE and small.pruner is not None
+    stripped = prunemix.strip_pruning(small)
+    assert isinstance(stripped, prunemix.PrunedModel)
+    assert stripped._pruning_state == model_module.STRIPPED and stripped.pruner is None
+    with pytest.raises(ValueError, match="stripped of its pruning state"):
+        stripped.build_pruning()
+    # prune_model's copy waits for its weights, then prunes.
+    inputs = keras.Input((4,))
+    pruned = prunemix.prune_model(keras.Model(inputs, keras.layers.Dense(3)(inputs)),
+                                  prunemix.ConstantSparsity(0.5))
+    assert pruned._pruning_state == model_module.ACTIVE
