@@ -223,6 +223,24 @@ def test_a_file_saved_mid_pruning_on_tensorflow_goes_on_on_jax_and_back(tmp_path
         [sys.executable, "-c", MID_PRUNING, "load", str(tmp_path / "jax.keras")],
         check=True, env=env, capture_output=True, text=True).stdout.split()
     assert out == ["16", "96,36", "20", "96,36"]
+    # Stripped on JAX: a plain .keras that TensorFlow loads with Keras alone.
+    prunemix.strip_pruning(model).save(tmp_path / "plain.keras")
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_ON_TENSORFLOW, str(tmp_path / "plain.keras")],
+        check=True, env=env, capture_output=True, text=True).stdout.split()
+    assert out[:2] == ["96", "36"]
+    np.testing.assert_allclose(float(out[2]), float(np.abs(model.predict(MID_X, verbose=0)).sum()),
+                               rtol=1e-5)
+
+
+PLAIN_ON_TENSORFLOW = """
+import sys, numpy as np, keras
+model = keras.saving.load_model(sys.argv[1])
+assert type(model).__module__.startswith("keras."), type(model)
+x = np.random.default_rng(0).normal(size=(64, 12)).astype("float32")
+print(*[int((model.get_layer(n).kernel.numpy() == 0).sum()) for n in ("a", "b")],
+      float(np.abs(model.predict(x, verbose=0)).sum()))
+"""
 
 
 MID_X = np.random.default_rng(0).normal(size=(64, 12)).astype("float32")
