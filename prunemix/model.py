@@ -351,7 +351,16 @@ class _Pruning:
                     self.build_pruning()
             else:
                 self.build_pruning()
-        return super().make_train_function(force=force)
+                # Keras's own step with pruning (not a user's): its mask update
+                # runs as a program of its own (see `split_jax_train_function`).
+                split = type(self).train_step is _Pruning.train_step and \
+                    self.steps_per_execution == 1
+                _set_untracked(self, "_prunemix_split_update", split)
+        result = super().make_train_function(force=force)
+        if getattr(self, "_prunemix_split_update", False) and not getattr(
+                self.train_function, "prunemix_split", False):
+            self.train_function = _trainers.split_jax_train_function(self, self.train_function)
+        return result
 
     def _check_strategy(self):
         variables = list(self.weights)

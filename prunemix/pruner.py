@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from prunemix import _backend, policy, saving, schedules
+from prunemix import _backend, _validate, policy, saving, schedules
 from prunemix.prunable import find_prunable_weights, locate_prunable_weights
 
 __all__ = ["Pruner", "PrunedWeight", "find_prunable_weights"]
@@ -288,7 +288,7 @@ class Pruner(keras.layers.Layer):
 
         return ops.cond(valid, update, reject)
 
-    def stateless_apply(self, values: list, advance: Any = True) -> tuple:
+    def stateless_apply(self, values: list, advance: Any = True, masks: str = "when_due") -> tuple:
         """`apply()` for a stateless training step (JAX): values in, values out.
 
         Reads the tracked weights and the pruner's own variables from
@@ -300,6 +300,13 @@ class Pruner(keras.layers.Layer):
             values: `(variable, value)` pairs holding at least every
                 tracked weight and the pruner's variables.
             advance: whether an optimizer update happened (see `apply()`).
+            masks: `"when_due"` (the default: recompute the masks in this
+                step when a schedule is due, like `apply()`), `"later"`
+                (advance and zero only; the caller runs the update with
+                `"now"` when `due_now` says so: a separate XLA program,
+                so a step does not carry the update's branch) or `"now"`
+                (recompute the masks due at the current step, without
+                advancing).
 
         Returns:
             `(new_values, sparsity)`: `(variable, new value)` pairs for the
@@ -308,15 +315,25 @@ class Pruner(keras.layers.Layer):
         """
         self._check_built()
         with keras.StatelessScope(state_mapping=values) as scope:
-            sparsity = self._apply_values(ops.convert_to_tensor(advance, dtype="bool"))
+            _validate.one_of(masks, "masks", ("when_due", "later", "now"),
+                             where="Pruner.stateless_apply")
+            sparsity = self._apply_values(ops.convert_to_tensor(advance, dtype="bool"), masks)
         changed = [self.pruning_step, self.pruned_counts, self.invalid_target]
         changed += [p.mask for p in self.pruned_weights] + [p.weight for p in self.pruned_weights]
         return [(v, scope.get_current_value(v)) for v in changed], sparsity
 
-    def _apply_values(self, advance):
+    def due_now(self, step) -> bool:
+        """Whether a schedule recomputes its masks at `step` (a host-side
+        check, for a caller that runs `stateless_apply(masks="now")` as a
+        program of its own)."""
+        return any(bool(s.should_prune(step)) for s in self._schedules)
+
+    def _apply_values(self, advance, masks="when_due"):
         """One step written as values (conditions return new values, assigning
         nothing inside them), for `stateless_apply`."""
-        step = ops.convert_to_tensor(self.pruning_step) + ops.cast(advance, self.pruning_step.dtype)
+        step = ops.convert_to_tensor(self.pruning_step)
+        if masks != "now":
+            step = step + ops.cast(advance, self.pruning_step.dtype)
         self.pruning_step.assign(step)
         state = ([ops.convert_to_tensor(p.mask) for p in self.pruned_weights],
                  ops.convert_to_tensor(self.pruned_counts),
@@ -341,8 +358,10 @@ class Pruner(keras.layers.Layer):
 
             return ops.cond(valid, update, reject)
 
-        for schedule in self._schedules:
-            due = ops.logical_and(advance, schedule.should_prune(step))
+        for schedule in self._schedules if masks != "later" else []:
+            due = schedule.should_prune(step)
+            if masks == "when_due":
+                due = ops.logical_and(advance, due)
             state = ops.cond(due, lambda s=schedule, st=state: schedule_values(s, st),
                              lambda st=state: st)
         masks, counts, invalid = state

@@ -341,3 +341,25 @@ def test_to_tflite_converts_a_model_trained_on_jax():
     (name,) = interpreter.get_signature_list()["serving_default"]["inputs"]
     (out,) = runner(**{name: X[:4]}).values()
     np.testing.assert_allclose(out, model.predict(X[:4], verbose=0), atol=1e-5)
+
+
+def test_mask_updates_as_their_own_program_match_the_in_step_ones():
+    # steps_per_execution=1: the update runs as its own jitted program at due
+    # steps; 2: inside the step, under a condition. Same masks, same weights.
+    runs = []
+    for steps_per_execution in (1, 2):
+        keras.utils.set_random_seed(0)
+        model = functional(prunemix.PolynomialDecay(0.0, SPARSITY, begin_step=0, end_step=6,
+                                                    frequency=2), None)
+        model.compile("sgd", LOSS, steps_per_execution=steps_per_execution)
+        model.fit(X, Y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+        assert model._prunemix_split_update == (steps_per_execution == 1)
+        assert int(model.pruner.pruning_step.numpy()) == 8
+        assert_zero_where_masked(model)
+        runs.append(model)
+    split, in_step = runs
+    for a, b in zip(split.pruner.pruned_weights, in_step.pruner.pruned_weights, strict=True):
+        np.testing.assert_array_equal(a.mask.numpy(), b.mask.numpy())
+        assert int((~np.asarray(a.mask.numpy())).sum()) == round(SPARSITY * a.mask.numpy().size)
+    for a, b in zip(split.trainable_weights, in_step.trainable_weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
