@@ -50,35 +50,50 @@ def _jax_train_step(model, keras_step, state, data):
     return {**logs, "sparsity": sparsity}, state
 
 
-def split_jax_train_function(model, train_function):
+class SplitJaxTrainFunction:
     """Keras's JAX train function (one step per call), with the mask update
     as a jitted program of its own, run only at the steps a schedule is due.
 
     In the step, a mask-update branch costs even when not taken: XLA:CPU
     sizes the step's scratch memory for it (`bench/jax_step_parts.py`: 1.23x
-    on a 6.3M-weight MLP, 1.00x without it). The price is reading the
-    pruning step back after each step (one scalar).
+    on a 6.3M-weight MLP, 1.00x without it).
+
+    The host does not read the pruning step back after every step (that
+    would wait for each step to finish): it predicts the step, one more per
+    call, and reads it back only when the predicted step is due. A step that
+    did not advance (skipped by loss scaling) only makes the prediction run
+    ahead, and every read resets it, so each due step is still seen at the
+    call that reaches it.
     """
-    import jax
 
-    pruner = model.pruner
-    index = next(i for i, v in enumerate(model.non_trainable_variables)
-                 if v is pruner.pruning_step)
-    update = jax.jit(lambda state: stateless_pruning(model, state, False, "now"),
-                     donate_argnums=0)
-    last = [None]
+    def __init__(self, model, train_function):
+        import jax
 
-    def call(state, data):
-        logs, state = train_function(state, data)
-        step = int(state[1][index])
-        if step != last[0] and pruner.due_now(step):
-            state, sparsity = update(state)
+        self.model, self.train_function = model, train_function
+        pruner = model.pruner
+        self._index = next(i for i, v in enumerate(model.non_trainable_variables)
+                           if v is pruner.pruning_step)
+        self._update = jax.jit(lambda state: stateless_pruning(model, state, False, "now"),
+                               donate_argnums=0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the step (read it back at the next call): at each `fit`."""
+        self._step, self._updated_at = None, None
+
+    def __call__(self, state, data):
+        logs, state = self.train_function(state, data)
+        pruner = self.model.pruner
+        if self._step is not None and not pruner.due_now(self._step + 1):
+            self._step += 1
+            return logs, state
+        step = int(state[1][self._index])
+        if step != self._updated_at and pruner.due_now(step):
+            state, sparsity = self._update(state)
             logs = {**logs, "sparsity": sparsity}
-        last[0] = step
+            self._updated_at = step
+        self._step = step
         return logs, state
-
-    call.prunemix_split = True
-    return call
 
 
 def stateless_pruning(model, state: tuple, advance=True, masks: str = "when_due") -> tuple:

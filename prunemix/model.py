@@ -352,14 +352,15 @@ class _Pruning:
             else:
                 self.build_pruning()
                 # Keras's own step with pruning (not a user's): its mask update
-                # runs as a program of its own (see `split_jax_train_function`).
+                # runs as a program of its own (see `SplitJaxTrainFunction`).
                 split = type(self).train_step is _Pruning.train_step and \
                     self.steps_per_execution == 1
                 _set_untracked(self, "_prunemix_split_update", split)
         result = super().make_train_function(force=force)
-        if getattr(self, "_prunemix_split_update", False) and not getattr(
-                self.train_function, "prunemix_split", False):
-            self.train_function = _trainers.split_jax_train_function(self, self.train_function)
+        if isinstance(self.train_function, _trainers.SplitJaxTrainFunction):
+            self.train_function.reset()
+        elif getattr(self, "_prunemix_split_update", False):
+            self.train_function = _trainers.SplitJaxTrainFunction(self, self.train_function)
         return result
 
     def _check_strategy(self):

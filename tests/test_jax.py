@@ -363,3 +363,39 @@ def test_mask_updates_as_their_own_program_match_the_in_step_ones():
         assert int((~np.asarray(a.mask.numpy())).sum()) == round(SPARSITY * a.mask.numpy().size)
     for a, b in zip(split.trainable_weights, in_step.trainable_weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_split_updates_see_every_due_step_when_steps_do_not_advance():
+    from prunemix import _trainers
+
+    keras.utils.set_random_seed(0)
+    model = functional(prunemix.ConstantSparsity(SPARSITY, 0, frequency=3), None)
+    index = next(i for i, v in enumerate(model.non_trainable_variables)
+                 if v is model.pruner.pruning_step)
+    advances = iter([1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1])
+
+    def fake_step(state, data):  # advances the pruning step as a real step would
+        non_trainable = list(state[1])
+        non_trainable[index] = non_trainable[index] + next(advances)
+        return {}, (state[0], non_trainable, *state[2:])
+
+    split = _trainers.SplitJaxTrainFunction(model, fake_step)
+    updated = []
+    real_update = split._update
+
+    def record(state):
+        updated.append(int(state[1][index]))
+        return real_update(state)
+
+    split._update = record
+    state = ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables], [], [])
+    steps = []
+    for _ in range(14):
+        _, state = split(state, None)
+        steps.append(int(state[1][index]))
+    assert steps == [1, 2, 2, 2, 3, 4, 5, 5, 6, 7, 8, 9, 9, 10]
+    # Due: the first step, then every 3rd. Once per due step, at the call that
+    # reaches it, as `should_prune` says.
+    due = [step for step in range(1, 11) if bool(model.pruner.pruning_schedule.should_prune(step))]
+    assert updated == due == [1, 3, 6, 9]
