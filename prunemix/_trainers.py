@@ -18,6 +18,7 @@ count).
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 
 def train_step(model, keras_step, *args, **kwargs):
@@ -50,6 +51,10 @@ def _jax_train_step(model, keras_step, state, data):
     return {**logs, "sparsity": sparsity}, state
 
 
+# Steps whose due-ness the host computes at once (`Pruner.due_steps`).
+_WINDOW = 1024
+
+
 class SplitJaxTrainFunction:
     """Keras's JAX train function (one step per call), with the mask update
     as a jitted program of its own, run only at the steps a schedule is due.
@@ -80,15 +85,22 @@ class SplitJaxTrainFunction:
     def reset(self) -> None:
         """Forget the step (read it back at the next call): at each `fit`."""
         self._step, self._updated_at = None, None
+        self._window = (0, np.zeros(0, bool))
+
+    def _due(self, step: int) -> bool:
+        start, due = self._window
+        if not start <= step < start + len(due):
+            self._window = (step, self.model.pruner.due_steps(step, _WINDOW))
+            start, due = self._window
+        return bool(due[step - start])
 
     def __call__(self, state, data):
         logs, state = self.train_function(state, data)
-        pruner = self.model.pruner
-        if self._step is not None and not pruner.due_now(self._step + 1):
+        if self._step is not None and not self._due(self._step + 1):
             self._step += 1
             return logs, state
         step = int(state[1][self._index])
-        if step != self._updated_at and pruner.due_now(step):
+        if step != self._updated_at and self._due(step):
             state, sparsity = self._update(state)
             logs = {**logs, "sparsity": sparsity}
             self._updated_at = step

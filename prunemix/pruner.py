@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -303,7 +304,7 @@ class Pruner(keras.layers.Layer):
             masks: `"when_due"` (the default: recompute the masks in this
                 step when a schedule is due, like `apply()`), `"later"`
                 (advance and zero only; the caller runs the update with
-                `"now"` when `due_now` says so: a separate XLA program,
+                `"now"` when `due_steps` says so: a separate XLA program,
                 so a step does not carry the update's branch) or `"now"`
                 (recompute the masks due at the current step, without
                 advancing).
@@ -322,11 +323,18 @@ class Pruner(keras.layers.Layer):
         changed += [p.mask for p in self.pruned_weights] + [p.weight for p in self.pruned_weights]
         return [(v, scope.get_current_value(v)) for v in changed], sparsity
 
-    def due_now(self, step) -> bool:
-        """Whether a schedule recomputes its masks at `step` (a host-side
-        check, for a caller that runs `stateless_apply(masks="now")` as a
-        program of its own)."""
-        return any(bool(s.should_prune(step)) for s in self._schedules)
+    def due_steps(self, start: int, count: int):
+        """Whether a schedule recomputes its masks at each of the steps
+        `start, ..., start + count - 1` (a numpy bool array): the host-side
+        check of a caller that runs `stateless_apply(masks="now")` as a
+        program of its own. One vectorized call for many steps, as each
+        eager call costs more than a small training step's share."""
+        steps = np.arange(start, start + count)
+        due = np.zeros(count, bool)
+        for schedule in self._schedules:
+            value = ops.convert_to_numpy(schedule.should_prune(steps))
+            due |= np.broadcast_to(np.asarray(value, bool), (count,))
+        return due
 
     def _apply_values(self, advance, masks="when_due"):
         """One step written as values (conditions return new values, assigning
