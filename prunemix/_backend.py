@@ -59,6 +59,18 @@ def in_traced_call() -> bool:
     return in_stateless_scope() or in_symbolic_scope()
 
 
+def opaque(value):
+    """`value`, which XLA may not fold as a constant (JAX:
+    `jax.lax.optimization_barrier`): a selection's run starts are known when
+    it is traced, and folding the run ids made from them took seconds per
+    compilation. Unchanged on other backends."""
+    if keras.backend.backend() != "jax":
+        return value
+    import jax
+
+    return jax.lax.optimization_barrier(value)
+
+
 class Compiled:
     """`fn` compiled with XLA on this backend (TensorFlow: `tf.function`,
     JAX: `jax.jit`), traced once per input shape; `traces` counts traces."""

@@ -269,6 +269,7 @@ def _lowest_k_masks_bits(bits, starts, k):
     end), with `k[i]` entries to prune in it."""
     count = ops.shape(k)[0]
     size = ops.shape(bits)[0]
+    starts = _backend.opaque(starts)
     # Run ids from the run starts (a small vector, not an N-long constant);
     # a start at the very end marks nothing.
     inner = ops.minimum(starts[1:], size)
