@@ -28,14 +28,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import prunemix  # noqa: E402
+from bench.overhead import mlp as graph  # noqa: E402  (the same MLP)
 from prunemix import _trainers  # noqa: E402
-
-
-def graph():
-    inputs = keras.Input((1024,))
-    x = keras.layers.Dense(2048, activation="relu")(inputs)
-    x = keras.layers.Dense(2048, activation="relu")(x)
-    return inputs, keras.layers.Dense(10)(x)
 
 
 def mask_only(model, state, advance=True):
