@@ -59,9 +59,10 @@ class SplitJaxTrainFunction:
     """Keras's JAX train function (one step per call), with the mask update
     as a jitted program of its own, run only at the steps a schedule is due.
 
-    In the step, a mask-update branch costs even when not taken: XLA:CPU
-    sizes the step's scratch memory for it (`bench/jax_step_parts.py`: 1.23x
-    on a 6.3M-weight MLP, 1.00x without it).
+    In the step, a mask-update branch costs even when not taken
+    (`bench/jax_step_parts.py`, a 6.3M-weight MLP: 1.20x with it, 1.00x
+    as its own program; our guess is that XLA:CPU allocates scratch memory
+    sized for the branch on every call).
 
     The host does not read the pruning step back after every step (that
     would wait for each step to finish): it predicts the step, one more per
