@@ -99,7 +99,7 @@ class PruningSummaries(keras.callbacks.Callback):
         step = int(pruner.pruning_step.numpy())
         with self._writer.as_default():
             _scalar("pruning/target_sparsity", float(pruner.pruning_schedule(step)), step)
-            _scalar("pruning/sparsity", float(pruner.sparsity.numpy()), step)
+            _scalar("pruning/sparsity", float(keras.ops.convert_to_numpy(pruner.sparsity)), step)
             for p in pruner.pruned_weights:
                 pruned = 1.0 - float(np.mean(p.mask.numpy()))
                 _scalar(f"pruning/{p.path}/sparsity", pruned, step)

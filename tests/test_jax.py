@@ -399,3 +399,32 @@ def test_split_updates_see_every_due_step_when_steps_do_not_advance():
     # reaches it, as `should_prune` says.
     due = [step for step in range(1, 11) if bool(model.pruner.pruning_schedule.should_prune(step))]
     assert updated == due == [1, 3, 6, 9]
+
+
+def test_pruning_summaries_and_oneshot_run_on_jax(tmp_path):
+    import tensorflow as tf  # reads the event files
+
+    keras.utils.set_random_seed(0)
+    model = functional(prunemix.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=8,
+                                                frequency=1), None)
+    model.compile("adam", LOSS)
+    model.fit(X, Y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[prunemix.PruningSummaries(tmp_path, update_freq=2)])
+    written = []
+    for path in sorted((tmp_path / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            written += [(event.step, float(tf.make_ndarray(v.tensor)))
+                        for v in event.summary.value if v.tag == "pruning/sparsity"]
+    # The pruned fraction at steps 2, 4, 6, 8 of PolynomialDecay(0 -> 0.5 over 8).
+    sizes = [16 * 16, 16 * 8]
+    want = [(step, sum(int(prunemix.masks.pruned_count(0.5 - 0.5 * (1 - step / 8) ** 3, n))
+                       for n in sizes) / sum(sizes)) for step in (2, 4, 6, 8)]
+    assert [s for s, _ in written] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in written], [v for _, v in want], atol=1e-6)
+
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    dense = keras.Model(inputs, keras.layers.Dense(8, name="out")(hidden))
+    report = prunemix.prune_oneshot(dense, X, sparsity=0.5)
+    assert [r.zeros for r in report] == [128, 64]
+    assert int((keras.ops.convert_to_numpy(dense.get_layer("hidden").kernel) == 0).sum()) == 128
