@@ -113,9 +113,9 @@ def jax_mask_fns(pruner):
     import jax.numpy as jnp
 
     weights = [p.weight for p in pruner.pruned_weights]
-    state = [(v, v.value) for v in [*weights, *pruner.variables]]
+    variables = [*weights, *pruner.variables]
     ours_jit = jax.jit(lambda values: [new for _, new in pruner.stateless_apply(
-        list(zip([v for v, _ in state], values, strict=True)), True)[0]])
+        list(zip(variables, values, strict=True)), True)[0]])
 
     def by_sort(values):
         out = []
@@ -126,7 +126,7 @@ def jax_mask_fns(pruner):
         return out
 
     pruner.pruning_step.assign(999)  # the next step, 1000, is due
-    values = [v.value for v, _ in state]
+    values = [v.value for v in variables]
     sort_jit = jax.jit(by_sort)
     return (lambda: jax.block_until_ready(ours_jit(values)),
             lambda: jax.block_until_ready(sort_jit(values)))

@@ -37,16 +37,18 @@ def _tensorflow_train_step(model, keras_step, *args, **kwargs):
     return {**logs, "sparsity": model.apply_pruning(advance=updated)}
 
 
-def _iterations_index(model) -> int:
-    return next(i for i, v in enumerate(model.optimizer.variables)
-                if v is model.optimizer.iterations)
+def _position(variables: list, variable) -> int:
+    """Where `variable` is in `variables` (by identity): its value's place in
+    a JAX training state."""
+    return next(i for i, v in enumerate(variables) if v is variable)
 
 
 def _jax_train_step(model, keras_step, state, data):
-    index = _iterations_index(model)
+    index = _position(model.optimizer.variables, model.optimizer.iterations)
     before = state[2][index]
     logs, state = keras_step(state, data)
-    masks = "later" if getattr(model, "_prunemix_split_update", False) else "when_due"
+    split = isinstance(model.train_function, SplitJaxTrainFunction)
+    masks = "later" if split else "when_due"
     state, sparsity = stateless_pruning(model, state, state[2][index] > before, masks)
     return {**logs, "sparsity": sparsity}, state
 
@@ -76,9 +78,7 @@ class SplitJaxTrainFunction:
         import jax
 
         self.model, self.train_function = model, train_function
-        pruner = model.pruner
-        self._index = next(i for i, v in enumerate(model.non_trainable_variables)
-                           if v is pruner.pruning_step)
+        self._index = _position(model.non_trainable_variables, model.pruner.pruning_step)
         self._update = jax.jit(lambda state: stateless_pruning(model, state, False, "now"),
                                donate_argnums=0)
         self.reset()

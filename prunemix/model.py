@@ -351,17 +351,21 @@ class _Pruning:
                     self.build_pruning()
             else:
                 self.build_pruning()
-                # Keras's own step with pruning (not a user's): its mask update
-                # runs as a program of its own (see `SplitJaxTrainFunction`).
-                split = type(self).train_step is _Pruning.train_step and \
-                    self.steps_per_execution == 1
-                _set_untracked(self, "_prunemix_split_update", split)
         result = super().make_train_function(force=force)
-        if isinstance(self.train_function, _trainers.SplitJaxTrainFunction):
+        if self._prunemix_split_update:
             self.train_function.reset()
-        elif getattr(self, "_prunemix_split_update", False):
+        elif keras.backend.backend() == "jax" and self._pruning_state == ACTIVE and \
+                type(self).train_step is _Pruning.train_step and self.steps_per_execution == 1:
+            # Keras's own step with pruning (not a user's): its mask update
+            # runs as a program of its own (see `SplitJaxTrainFunction`).
             self.train_function = _trainers.SplitJaxTrainFunction(self, self.train_function)
         return result
+
+    @property
+    def _prunemix_split_update(self) -> bool:
+        """Whether `fit` runs the mask update as a program of its own (JAX)."""
+        return isinstance(getattr(self, "train_function", None),
+                          _trainers.SplitJaxTrainFunction)
 
     def _check_strategy(self):
         variables = list(self.weights)
@@ -389,10 +393,11 @@ class _Pruning:
         iterator, data_batch = _keras_compat.first_batch_for_build(self, iterator, data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def _distributable(self, logs: dict) -> dict:
+    def _distributable(self, logs):
         """Logs that Keras can reduce across workers: shape `(1,)` while
         keras#20585 reduces every log along axis 0 (the reduction returns
-        scalars again)."""
+        scalars again). TensorFlow only: on JAX a step returns `(logs,
+        state)`, passed through."""
         if keras.backend.backend() != "tensorflow" or \
                 not _keras_compat.multi_worker_fit_bugs(self.distribute_strategy)[1]:
             return logs
@@ -402,20 +407,13 @@ class _Pruning:
                 for k, v in logs.items()}
 
     def test_step(self, *args, **kwargs):
-        if keras.backend.backend() != "tensorflow":
-            return super().test_step(*args, **kwargs)
         return self._distributable(super().test_step(*args, **kwargs))
 
     def train_step(self, *args, **kwargs):
-        prunes = self._pruning_state in (PENDING, ACTIVE)
-        if keras.backend.backend() != "tensorflow":
-            if not prunes:
-                return super().train_step(*args, **kwargs)
-            return _trainers.train_step(self, super().train_step, *args, **kwargs)
-        if not prunes:
+        if self._pruning_state not in (PENDING, ACTIVE):
             return self._distributable(super().train_step(*args, **kwargs))
-        logs = _trainers.train_step(self, super().train_step, *args, **kwargs)
-        return self._distributable(logs)
+        return self._distributable(
+            _trainers.train_step(self, super().train_step, *args, **kwargs))
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, then two checks that pruning did what was asked.

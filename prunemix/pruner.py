@@ -266,25 +266,35 @@ class Pruner(keras.layers.Layer):
                 out.append((self._index[id(p)], keep, ops.cast(count, self.pruned_counts.dtype)))
         return out
 
-    def _update_schedule(self, schedule, step):
-        """Updates every group that follows `schedule`, if its value is valid."""
+    def _target(self, schedule, step) -> tuple:
+        """`(target, valid, rejected)`: `schedule`'s value at `step`, whether
+        it is a sparsity in [0, 1), and the `invalid_target` value recording
+        it when it is not."""
         target = schedule(step)
         valid = ops.logical_and(ops.greater_equal(target, 0.0), ops.less(target, 1.0))
+        dtype = self.invalid_target.dtype
+        return target, valid, ops.stack([ops.cast(step, dtype), ops.cast(target, dtype)])
+
+    @staticmethod
+    def _with_counts(counts, updates):
+        """`counts` with the pruned count of each `(index, _, count)` update."""
+        return ops.scatter_update(counts, [[index] for index, _, _ in updates],
+                                  ops.cast(ops.stack([c for _, _, c in updates]), counts.dtype))
+
+    def _update_schedule(self, schedule, step):
+        """Updates every group that follows `schedule`, if its value is valid."""
+        target, valid, rejected = self._target(schedule, step)
 
         def update():
             updates = self._schedule_masks(schedule, target)
             for index, keep, _ in updates:
                 self.pruned_weights[index].mask.assign(keep)
-            self.pruned_counts.assign(ops.scatter_update(
-                ops.convert_to_tensor(self.pruned_counts),
-                [[index] for index, _, _ in updates], ops.stack([c for _, _, c in updates]),
-            ))
+            self.pruned_counts.assign(
+                self._with_counts(ops.convert_to_tensor(self.pruned_counts), updates))
             return ops.convert_to_tensor(True)
 
         def reject():
-            bad = ops.stack([ops.cast(step, self.invalid_target.dtype),
-                             ops.cast(target, self.invalid_target.dtype)])
-            self.invalid_target.assign(bad)
+            self.invalid_target.assign(rejected)
             return ops.convert_to_tensor(False)
 
         return ops.cond(valid, update, reject)
@@ -349,22 +359,16 @@ class Pruner(keras.layers.Layer):
 
         def schedule_values(schedule, state):
             masks, counts, invalid = state
-            target = schedule(step)
-            valid = ops.logical_and(ops.greater_equal(target, 0.0), ops.less(target, 1.0))
+            target, valid, rejected = self._target(schedule, step)
 
             def update():
-                new_masks, new_counts = list(masks), counts
-                for index, keep, count in self._schedule_masks(schedule, target):
+                updates = self._schedule_masks(schedule, target)
+                new_masks = list(masks)
+                for index, keep, _ in updates:
                     new_masks[index] = keep
-                    new_counts = ops.scatter_update(
-                        new_counts, [[index]], ops.cast(ops.stack([count]), counts.dtype))
-                return new_masks, new_counts, invalid
+                return new_masks, self._with_counts(counts, updates), invalid
 
-            def reject():
-                bad = ops.stack([ops.cast(step, invalid.dtype), ops.cast(target, invalid.dtype)])
-                return list(masks), counts, bad
-
-            return ops.cond(valid, update, reject)
+            return ops.cond(valid, update, lambda: (list(masks), counts, rejected))
 
         for schedule in self._schedules if masks != "later" else []:
             due = schedule.should_prune(step)
